@@ -1,0 +1,1 @@
+"""Data preparation: synthetic scenes, translation, filtering and webdataset shards."""

@@ -1,0 +1,131 @@
+"""Language table (ISO 639-1 <-> Flores-200 <-> name <-> script) and Unicode script detection."""
+
+from __future__ import annotations
+
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+
+
+@dataclass(frozen=True)
+class Language:
+    code: str  # ISO 639-1, the key used everywhere in records and configs
+    name: str
+    flores: str  # Flores-200 code, what NLLB expects
+    script: str  # dominant script, as returned by script_of()
+
+
+def _table(*rows: tuple[str, str, str, str]) -> dict[str, Language]:
+    return {code: Language(code, name, flores, script) for code, name, flores, script in rows}
+
+
+LANGUAGES: dict[str, Language] = _table(
+    ("en", "English", "eng_Latn", "Latin"),
+    ("de", "German", "deu_Latn", "Latin"),
+    ("fr", "French", "fra_Latn", "Latin"),
+    ("es", "Spanish", "spa_Latn", "Latin"),
+    ("it", "Italian", "ita_Latn", "Latin"),
+    ("pt", "Portuguese", "por_Latn", "Latin"),
+    ("nl", "Dutch", "nld_Latn", "Latin"),
+    ("sv", "Swedish", "swe_Latn", "Latin"),
+    ("da", "Danish", "dan_Latn", "Latin"),
+    ("fi", "Finnish", "fin_Latn", "Latin"),
+    ("pl", "Polish", "pol_Latn", "Latin"),
+    ("cs", "Czech", "ces_Latn", "Latin"),
+    ("ro", "Romanian", "ron_Latn", "Latin"),
+    ("hu", "Hungarian", "hun_Latn", "Latin"),
+    ("tr", "Turkish", "tur_Latn", "Latin"),
+    ("vi", "Vietnamese", "vie_Latn", "Latin"),
+    ("id", "Indonesian", "ind_Latn", "Latin"),
+    ("ms", "Malay", "zsm_Latn", "Latin"),
+    ("tl", "Tagalog", "tgl_Latn", "Latin"),
+    ("sw", "Swahili", "swh_Latn", "Latin"),
+    ("ru", "Russian", "rus_Cyrl", "Cyrillic"),
+    ("uk", "Ukrainian", "ukr_Cyrl", "Cyrillic"),
+    ("bg", "Bulgarian", "bul_Cyrl", "Cyrillic"),
+    ("el", "Greek", "ell_Grek", "Greek"),
+    ("ar", "Arabic", "arb_Arab", "Arabic"),
+    ("fa", "Persian", "pes_Arab", "Arabic"),
+    ("ur", "Urdu", "urd_Arab", "Arabic"),
+    ("he", "Hebrew", "heb_Hebr", "Hebrew"),
+    ("hi", "Hindi", "hin_Deva", "Devanagari"),
+    ("mr", "Marathi", "mar_Deva", "Devanagari"),
+    ("ne", "Nepali", "npi_Deva", "Devanagari"),
+    ("bn", "Bengali", "ben_Beng", "Bengali"),
+    ("ta", "Tamil", "tam_Taml", "Tamil"),
+    ("te", "Telugu", "tel_Telu", "Telugu"),
+    ("kn", "Kannada", "kan_Knda", "Kannada"),
+    ("ml", "Malayalam", "mal_Mlym", "Malayalam"),
+    ("si", "Sinhala", "sin_Sinh", "Sinhala"),
+    ("th", "Thai", "tha_Thai", "Thai"),
+    ("am", "Amharic", "amh_Ethi", "Ethiopic"),
+    ("ka", "Georgian", "kat_Geor", "Georgian"),
+    ("zh", "Chinese (Simplified)", "zho_Hans", "Han"),
+    ("ja", "Japanese", "jpn_Jpan", "Japanese"),
+    ("ko", "Korean", "kor_Hang", "Hangul"),
+)
+
+# Scripts a language may legitimately come out in besides its own: a Japanese answer can be
+# all kanji ("赤"), which script_of() reports as Han.
+_ALSO_ACCEPTED: dict[str, frozenset[str]] = {"ja": frozenset({"Han"})}
+
+# Unicode character-name prefixes that do not equal the script name (checked before the first word).
+_NAME_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("CJK ", "Han"),
+    ("IDEOGRAPHIC ", "Han"),
+    ("FULLWIDTH LATIN ", "Latin"),
+    ("HALFWIDTH KATAKANA ", "Katakana"),
+    ("HALFWIDTH HANGUL ", "Hangul"),
+    ("KATAKANA-HIRAGANA ", "Katakana"),
+)
+_KANA = ("Hiragana", "Katakana")
+
+
+def get_language(code: str) -> Language:
+    if code not in LANGUAGES:
+        raise ValueError(f"unknown language code {code!r} (known: {', '.join(LANGUAGES)})")
+    return LANGUAGES[code]
+
+
+def validate_languages(codes: Iterable[str] | str) -> list[str]:
+    """Check every code, drop duplicates (keeping order). A string is read as 'en,de,fr' (CLI form)."""
+    if isinstance(codes, str):
+        codes = [c.strip() for c in codes.split(",") if c.strip()]
+    checked = [get_language(code).code for code in codes]
+    if not checked:
+        raise ValueError("no languages given")
+    return list(dict.fromkeys(checked))
+
+
+@lru_cache(maxsize=8192)
+def _letter_script(ch: str) -> str | None:
+    """Script of a letter (None for anything else); cached because texts reuse few characters."""
+    if not unicodedata.category(ch).startswith("L"):
+        return None
+    name = unicodedata.name(ch, "")
+    for prefix, script in _NAME_PREFIXES:
+        if name.startswith(prefix):
+            return script
+    return name.split(" ", 1)[0].title() or None
+
+
+def script_of(text: str) -> str | None:
+    """Dominant script of the letters in text (None when it has none).
+
+    Only category L* characters count, so digits, punctuation, spaces and combining vowel signs are
+    ignored. Any kana makes the text Japanese: kana and Han are then counted together as "Japanese".
+    """
+    counts = Counter(filter(None, map(_letter_script, text)))
+    if not counts:
+        return None
+    if any(counts[k] for k in _KANA):
+        counts["Japanese"] += counts.pop("Han", 0) + counts.pop("Hiragana", 0) + counts.pop("Katakana", 0)
+    return counts.most_common(1)[0][0]
+
+
+def matches_language_script(text: str, code: str) -> bool:
+    language = get_language(code)
+    script = script_of(text)
+    return script == language.script or script in _ALSO_ACCEPTED.get(code, frozenset())

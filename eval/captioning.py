@@ -1,0 +1,143 @@
+"""Captioning metrics: CIDEr-D, BLEU, language fidelity, and the majority-caption baseline.
+
+CIDEr and BLEU are reported x100 (the "CIDEr 80" convention of papers), like every other score in
+eval/. Tokenisation is ours, identical for references and hypotheses, and never Java's PTBTokenizer,
+which leaves zh/ja/th sentences as one giant token.
+"""
+
+import unicodedata
+from collections import Counter
+
+import sacrebleu
+from pycocoevalcap.cider.cider import Cider
+
+from data_prep.languages import matches_language_script
+
+# Scripts written without spaces between words: scored on characters (XM3600 practice for zh/ja/th).
+_CHAR_LANGS = frozenset({"zh", "ja", "th", "lo", "km", "my"})
+# sacrebleu's own tokenizers; "zh" splits CJK characters but keeps Latin words like ours does.
+_BLEU_TOKENIZE = {"zh": "zh", "ja": "char", "th": "char", "lo": "char", "km": "char", "my": "char"}
+
+
+def _normalize(text: str) -> str:
+    # NFKC folds full-width Latin, digits, punctuation and half-width kana ("ｉＰｈｏｎｅ？" -> "iphone?").
+    return unicodedata.normalize("NFKC", text).lower()
+
+
+def _is_latin_or_digit(ch: str) -> bool:
+    return ch.isdigit() or (ch.isalpha() and unicodedata.name(ch, "").startswith("LATIN"))
+
+
+def _char_tokens(text: str) -> list[str]:
+    tokens: list[str] = []
+    in_word = False  # inside a Latin/digit run, which stays one token
+    for ch in text:
+        category = unicodedata.category(ch)
+        if ch.isspace():
+            in_word = False
+        elif category.startswith("M") and tokens:
+            tokens[-1] += ch  # Thai/Khmer/Myanmar vowel and tone marks belong to their consonant
+        elif _is_latin_or_digit(ch):
+            if in_word:
+                tokens[-1] += ch
+            else:
+                tokens.append(ch)
+            in_word = True
+        else:
+            tokens.append(ch)
+            in_word = False
+    return tokens
+
+
+def _word_tokens(text: str) -> list[str]:
+    tokens: list[str] = []
+    for chunk in text.split():
+        word = ""
+        for ch in chunk:
+            # Only P* splits: combining marks (Devanagari/Sinhala vowel signs, virama) and ZWJ stay.
+            if unicodedata.category(ch).startswith("P"):
+                if word:
+                    tokens.append(word)
+                tokens.append(ch)
+                word = ""
+            else:
+                word += ch
+        if word:
+            tokens.append(word)
+    return tokens
+
+
+def tokenize_for_metric(text: str, lang: str) -> list[str]:
+    """NFKC + lower-case, then characters for zh/ja/th/lo/km/my (Latin runs and digits kept whole),
+    else whitespace words with each punctuation character split off as its own token."""
+    text = _normalize(text)
+    return _char_tokens(text) if lang in _CHAR_LANGS else _word_tokens(text)
+
+
+def _check_ids(references: dict[str, list[str]], hypotheses: dict[str, str]) -> None:
+    if not references:
+        raise ValueError("references is empty")
+    if references.keys() != hypotheses.keys():
+        only_ref = sorted(references.keys() - hypotheses.keys())[:3]
+        only_hyp = sorted(hypotheses.keys() - references.keys())[:3]
+        raise ValueError(f"ids differ: only in references {only_ref}, only in hypotheses {only_hyp}")
+    for key, refs in references.items():
+        if isinstance(refs, str) or not refs:
+            raise ValueError(f"references[{key!r}] must be a non-empty list of strings")
+
+
+def cider_d(
+    references: dict[str, list[str]], hypotheses: dict[str, str], lang: str
+) -> tuple[float, dict[str, float]]:
+    """Corpus CIDEr-D x100 and per-id scores x100, via pycocoevalcap's pure-Python Cider.
+
+    IDF comes from the references being scored, so the score depends on the set: compute it per
+    language, on the full eval set, never on a pooled multilingual one.
+    """
+    _check_ids(references, hypotheses)
+    if len(references) < 2:
+        # IDF = log(#images) - log(df) is identically 0 for one image, so the score would read 0.
+        raise ValueError(f"CIDEr-D needs at least 2 images, got {len(references)}")
+    gts = {key: [" ".join(tokenize_for_metric(r, lang)) for r in refs] for key, refs in references.items()}
+    res = {key: [" ".join(tokenize_for_metric(hypotheses[key], lang))] for key in references}
+    score, scores = Cider().compute_score(gts, res)
+    # Cider returns per-image scores in the iteration order of gts.
+    return 100.0 * float(score), {key: 100.0 * float(s) for key, s in zip(gts, scores)}
+
+
+def bleu(references: dict[str, list[str]], hypotheses: dict[str, str], lang: str) -> float:
+    """Corpus BLEU-4 (0-100, lower-cased) with sacrebleu's tokenizer for the language.
+
+    sacrebleu wants reference *streams* of equal length; ids with fewer references are padded with
+    None, which sacrebleu documents as "no reference for this segment".
+    """
+    _check_ids(references, hypotheses)
+    keys = list(references)
+    n_streams = max(len(refs) for refs in references.values())
+    streams = [
+        [references[k][i] if i < len(references[k]) else None for k in keys] for i in range(n_streams)
+    ]
+    hyps = [hypotheses[k] for k in keys]
+    tokenize = _BLEU_TOKENIZE.get(lang, "13a")
+    return float(sacrebleu.corpus_bleu(hyps, streams, tokenize=tokenize, lowercase=True).score)
+
+
+def language_fidelity(hypotheses: list[str], lang: str) -> float:
+    """Percent of hypotheses whose dominant script is the one `lang` is written in
+    (data_prep.languages decides; an unknown code raises ValueError there).
+
+    Script-level only: it catches English (or Chinese) output where Hindi was asked for, but not
+    German where English was asked for. Text without letters counts as a miss.
+    """
+    if not hypotheses:
+        raise ValueError("language_fidelity needs at least one hypothesis")
+    return 100.0 * sum(matches_language_script(h, lang) for h in hypotheses) / len(hypotheses)
+
+
+def majority_caption(train_captions: list[str]) -> str:
+    """The most frequent training caption (ties: first seen), predicted for every image as the
+    captioning baseline. Whitespace is collapsed before counting."""
+    if not train_captions:
+        raise ValueError("majority_caption needs at least one training caption")
+    counts = Counter(" ".join(c.split()) for c in train_captions)
+    return counts.most_common(1)[0][0]

@@ -1,0 +1,259 @@
+"""Markdown evaluation report with PNG plots: training curves and per-language scores vs. baselines.
+
+Expected `results` (every section of a language is optional; percentages, CIDEr x100):
+    {"languages": [...], "n_images": int,
+     "per_language": {lang: {
+        # retrieval: recall_at_k merged with chance_recall
+        "retrieval": {"i2t_r{k}", "t2i_r{k}", "chance_i2t_r{k}", "chance_t2i_r{k}"},
+        "captioning": {"cider", "bleu", "fidelity", "majority_cider",
+                       "samples": [{"image", "reference", "hypothesis"}]},
+        "vqa": {"overall", "majority_overall", "n", "by_type": {type: {"accuracy", "majority", "n"}}}}},
+     "timings": {stage: seconds}}
+"""
+
+import json
+import math
+import re
+from pathlib import Path
+
+from matplotlib.figure import Figure  # the OO API renders with Agg and touches no global backend
+
+SMOOTHING = 0.6  # EMA weight, TensorBoard's default: enough to read a trend, raw points stay visible
+_UNSMOOTHED = frozenset({"lr"})  # a schedule is exact; smoothing would only make it lag
+_RECALL_KEY = re.compile(r"^(i2t|t2i)_r(\d+)$")
+_MISSING = "—"
+
+
+def _fmt(value: float | None, baseline: float | None = None) -> str:
+    if value is None:
+        return _MISSING
+    return f"{value:.1f}" if baseline is None else f"{value:.1f} ({baseline:.1f})"
+
+
+def _cell(text: object) -> str:
+    # A caption with "|" or a newline would break the table row.
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _recall_columns(per_language: dict) -> list[tuple[str, int]]:
+    found = set()
+    for scores in per_language.values():
+        for key in scores.get("retrieval", {}):
+            if match := _RECALL_KEY.match(key):
+                found.add((match[1], int(match[2])))
+    return sorted(found)
+
+
+def _scores_table(languages: list[str], per_language: dict) -> list[str]:
+    recall_cols = _recall_columns(per_language)
+    has = {s: any(s in per_language.get(lang, {}) for lang in languages) for s in ("captioning", "vqa")}
+    header = ["lang"] + [f"{d} R@{k}" for d, k in recall_cols]
+    if has["captioning"]:
+        header += ["CIDEr", "BLEU", "fidelity"]
+    if has["vqa"]:
+        header += ["VQA acc", "VQA n"]
+    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for lang in languages:
+        scores = per_language.get(lang, {})
+        ret, cap, vqa = scores.get("retrieval", {}), scores.get("captioning", {}), scores.get("vqa", {})
+        row = [lang] + [_fmt(ret.get(f"{d}_r{k}"), ret.get(f"chance_{d}_r{k}")) for d, k in recall_cols]
+        if has["captioning"]:
+            row += [
+                _fmt(cap.get("cider"), cap.get("majority_cider")),
+                _fmt(cap.get("bleu")),
+                _fmt(cap.get("fidelity")),
+            ]
+        if has["vqa"]:
+            row += [_fmt(vqa.get("overall"), vqa.get("majority_overall")), str(vqa.get("n", _MISSING))]
+        rows.append("| " + " | ".join(row) + " |")
+    return rows
+
+
+def _vqa_type_table(languages: list[str], per_language: dict) -> list[str]:
+    rows = ["| lang | type | accuracy (majority) | n |", "|---|---|---|---|"]
+    for lang in languages:
+        for qtype, s in per_language.get(lang, {}).get("vqa", {}).get("by_type", {}).items():
+            score = _fmt(s.get("accuracy"), s.get("majority"))
+            rows.append(f"| {lang} | {_cell(qtype)} | {score} | {s.get('n', _MISSING)} |")
+    return rows if len(rows) > 2 else []
+
+
+def _samples(languages: list[str], per_language: dict) -> list[str]:
+    lines: list[str] = []
+    for lang in languages:
+        samples = per_language.get(lang, {}).get("captioning", {}).get("samples", [])
+        if samples:
+            lines += [f"### {lang}", "", "| image | reference | hypothesis |", "|---|---|---|"]
+            for s in samples:
+                cells = (_cell(s.get(field, "")) for field in ("image", "reference", "hypothesis"))
+                lines.append("| " + " | ".join(cells) + " |")
+            lines.append("")
+    return lines
+
+
+def _read_metrics(path: Path) -> tuple[list[dict], int]:
+    """Records with a numeric step, and how many lines were skipped (a killed run leaves a torn line)."""
+    if not path.is_file():
+        raise ValueError(f"metrics file not found: {path}")
+    records, skipped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            skipped += 1
+            continue
+        if isinstance(record, dict) and _is_number(record.get("step")):
+            records.append(record)
+        else:
+            skipped += 1
+    return records, skipped
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _series(records: list[dict]) -> tuple[dict, dict]:
+    """{term: (steps, values)} for train lines, and for eval "val_<term>" keys under <term>."""
+    train: dict[str, tuple[list, list]] = {}
+    evals: dict[str, tuple[list, list]] = {}
+    for r in records:
+        if r.get("kind") == "train":
+            terms = {k: v for k, v in r.items() if k != "step"}
+            target = train
+        elif r.get("kind") == "eval":
+            terms = {k.removeprefix("val_"): v for k, v in r.items() if k.startswith("val_")}
+            target = evals
+        else:
+            continue
+        for term, value in terms.items():
+            if _is_number(value):
+                steps, values = target.setdefault(term, ([], []))
+                steps.append(r["step"])
+                values.append(value)
+    return train, evals
+
+
+def _ema(values: list[float]) -> list[float]:
+    smoothed, s = [], values[0]
+    for v in values:
+        s = SMOOTHING * s + (1 - SMOOTHING) * v
+        smoothed.append(s)
+    return smoothed
+
+
+def _plot_losses(train: dict, evals: dict, path: Path) -> None:
+    terms = list(train) + [t for t in evals if t not in train]
+    ncols = min(3, len(terms))
+    nrows = math.ceil(len(terms) / ncols)
+    fig = Figure(figsize=(4.5 * ncols, 3.2 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax, term in zip(axes, terms):
+        if term in train:
+            steps, values = train[term]
+            if term in _UNSMOOTHED:
+                ax.plot(steps, values, color="tab:blue", label="train")
+            else:
+                ax.plot(steps, values, color="tab:blue", alpha=0.3, linewidth=1)
+                ax.plot(steps, _ema(values), color="tab:blue", label="train (smoothed)")
+        if term in evals:
+            ax.plot(*evals[term], "o", color="tab:red", label="eval")
+        ax.set_title(term)
+        ax.set_xlabel("step")
+        ax.legend(fontsize="small")
+    for ax in axes[len(terms):]:
+        ax.set_visible(False)
+    fig.savefig(path, dpi=110)
+
+
+# (label, section, score key, baseline key) for the per-language bar chart.
+_BARS = (
+    ("i2t R@1", "retrieval", "i2t_r1", "chance_i2t_r1"),
+    ("t2i R@1", "retrieval", "t2i_r1", "chance_t2i_r1"),
+    ("VQA accuracy", "vqa", "overall", "majority_overall"),
+)
+
+
+def _plot_per_language(languages: list[str], per_language: dict, path: Path) -> bool:
+    """Grouped bars per language, each with a black tick at its chance/majority baseline.
+    Returns False (and writes nothing) when no language has any of the plotted scores."""
+    width = 0.8 / len(_BARS)
+    fig = Figure(figsize=(max(6.0, 0.9 * len(languages) + 2), 4), layout="constrained")
+    ax = fig.subplots()
+    drawn = False
+    for b, (label, section, key, base_key) in enumerate(_BARS):
+        xs, heights, baselines = [], [], []
+        for i, lang in enumerate(languages):
+            scores = per_language.get(lang, {}).get(section, {})
+            if key in scores:
+                xs.append(i + (b - (len(_BARS) - 1) / 2) * width)
+                heights.append(scores[key])
+                baselines.append(scores.get(base_key, math.nan))
+        if xs:
+            drawn = True
+            ax.bar(xs, heights, width, label=label)
+            ax.plot(xs, baselines, "_", color="black", markersize=14, markeredgewidth=2)
+    if not drawn:
+        return False
+    ax.plot([], [], "_", color="black", markersize=14, markeredgewidth=2, label="chance / majority")
+    ax.set_xticks(range(len(languages)), languages)
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize="small", ncols=2)
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def write_report(results: dict, out_dir: Path, metrics_path: Path | None = None) -> Path:
+    """Write out_dir/report.md plus per_language.png and (given metrics_path) loss_curves.png;
+    return the report path."""
+    for key in ("languages", "per_language"):
+        if key not in results:
+            raise ValueError(f"results lacks key {key!r}")
+    languages, per_language = results["languages"], results["per_language"]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    lines = ["# Evaluation report", "", f"Languages: {', '.join(languages)}"]
+    if "n_images" in results:
+        lines.append(f"Images per language: {results['n_images']}")
+    lines += [
+        "",
+        "## Scores per language",
+        "",
+        "Percentages (CIDEr ×100). In parentheses: the baseline — chance for retrieval, the majority "
+        "caption for CIDEr, the per-type majority answer for VQA.",
+        "",
+        *_scores_table(languages, per_language),
+        "",
+    ]
+    if _plot_per_language(languages, per_language, out_dir / "per_language.png"):
+        lines += ["![scores per language](per_language.png)", ""]
+    if type_rows := _vqa_type_table(languages, per_language):
+        lines += ["### VQA by question type", "", *type_rows, ""]
+
+    if metrics_path is not None:
+        records, skipped = _read_metrics(Path(metrics_path))
+        train, evals = _series(records)
+        lines += ["## Training curves", ""]
+        if train or evals:
+            _plot_losses(train, evals, out_dir / "loss_curves.png")
+            lines += ["![training curves](loss_curves.png)", ""]
+        else:
+            lines += [f"No train/eval records in `{metrics_path}`.", ""]
+        if skipped:
+            lines += [f"{skipped} malformed line(s) in the metrics file were skipped.", ""]
+
+    if sample_lines := _samples(languages, per_language):
+        lines += ["## Sample captions", "", *sample_lines]
+
+    if timings := results.get("timings"):
+        lines += ["## Timings", "", "| stage | seconds |", "|---|---|"]
+        lines += [f"| {_cell(stage)} | {seconds:.1f} |" for stage, seconds in timings.items()]
+        lines += [f"| **total** | {sum(timings.values()):.1f} |", ""]
+
+    report = out_dir / "report.md"
+    report.write_text("\n".join(lines), encoding="utf-8")
+    return report

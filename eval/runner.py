@@ -1,0 +1,145 @@
+"""Evaluate a VisionLLM per language on held-out shards: retrieval, captioning and VQA, each beside
+its chance or majority baseline. Returns the `results` dict that `eval.report` renders."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+from eval.captioning import bleu, cider_d, language_fidelity, majority_caption
+from eval.retrieval import chance_recall, recall_at_k
+from eval.vqa import accuracy_by_type, majority_baseline
+from vlm.config import EvalConfig
+from vlm.data.pipeline import read_records, read_samples
+from vlm.data.templates import caption_prompt, vqa_prompt
+from vlm.model.vlm import VisionLLM
+
+TRAIN_RECORDS_FOR_BASELINES = 5000
+
+
+@dataclass
+class EvalSet:
+    keys: list[str]
+    images: torch.Tensor  # (N, 3, H, W), transformed
+    records: list[dict]
+
+
+def load_eval_set(urls: list[str], transform: Callable, max_images: int = 0) -> EvalSet:
+    keys, images, records = [], [], []
+    for sample in read_samples(urls):
+        keys.append(sample.key)
+        images.append(transform(sample.image))
+        records.append(sample.record)
+        if max_images and len(keys) == max_images:
+            break
+    if not keys:
+        raise ValueError(f"no decodable evaluation samples in {urls[:3]}")
+    return EvalSet(keys, torch.stack(images), records)
+
+
+def _batches(n: int, size: int):
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+def _generate(model: VisionLLM, images: torch.Tensor, prompts: list[str], cfg: EvalConfig, desc: str,
+              progress: bool) -> list[str]:
+    outputs: list[str] = []
+    for part in tqdm(list(_batches(len(prompts), cfg.batch_size)), desc=desc, disable=not progress, leave=False):
+        outputs += model.generate(images[part].to(model.device), prompts[part],
+                                  max_new_tokens=cfg.max_new_tokens, num_beams=cfg.num_beams, do_sample=False)
+    return outputs
+
+
+def _encode_images(model: VisionLLM, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return torch.cat([model.encode_image(images[p].to(model.device)).float().cpu()
+                      for p in _batches(len(images), batch_size)])
+
+
+def evaluate_retrieval(model: VisionLLM, data: EvalSet, image_features: torch.Tensor, lang: str,
+                       cfg: EvalConfig) -> dict | None:
+    texts, owners = [], []
+    for i, record in enumerate(data.records):
+        for caption in record.get("captions", {}).get(lang, [])[:1]:
+            texts.append(caption)
+            owners.append(i)
+    if not texts:
+        return None
+    text_features = torch.cat([model.encode_text(texts[p]).float().cpu() for p in _batches(len(texts), cfg.batch_size)])
+    sim = image_features @ text_features.t()
+    scores = recall_at_k(sim, torch.tensor(owners), ks=cfg.ks)
+    scores.update(chance_recall(len(data.keys), 1, ks=cfg.ks))
+    return scores
+
+
+def evaluate_captioning(model: VisionLLM, data: EvalSet, lang: str, cfg: EvalConfig, train_captions: list[str],
+                        progress: bool) -> dict | None:
+    index = [i for i, r in enumerate(data.records) if r.get("captions", {}).get(lang)]
+    if len(index) < 2:
+        return None
+    prompts = [caption_prompt(lang)] * len(index)
+    hyps = _generate(model, data.images[index], prompts, cfg, f"caption {lang}", progress)
+    refs = {data.keys[i]: data.records[i]["captions"][lang] for i in index}
+    hyp_by_key = dict(zip((data.keys[i] for i in index), hyps))
+    result = {
+        "cider": cider_d(refs, hyp_by_key, lang)[0],
+        "bleu": bleu(refs, hyp_by_key, lang),
+        "fidelity": language_fidelity(hyps, lang),
+        "samples": [{"image": data.keys[i], "reference": refs[data.keys[i]][0], "hypothesis": h}
+                    for i, h in list(zip(index, hyps))[: cfg.samples_per_language]],
+    }
+    if train_captions:
+        guess = majority_caption(train_captions)
+        result["majority_cider"] = cider_d(refs, {k: guess for k in refs}, lang)[0]
+    return result
+
+
+def evaluate_vqa(model: VisionLLM, data: EvalSet, lang: str, cfg: EvalConfig, train_items: list[dict],
+                 progress: bool) -> dict | None:
+    rows, items = [], []
+    for i, record in enumerate(data.records):
+        for item in record.get("qa", []):
+            if item.get("lang") == lang and item.get("answers"):
+                rows.append(i)
+                items.append(item)
+    if not items:
+        return None
+    prompts = [vqa_prompt(item["question"], lang) for item in items]
+    predictions = _generate(model, data.images[rows], prompts, cfg, f"vqa {lang}", progress)
+    scores = accuracy_by_type(predictions, items, lang)
+    if train_items:
+        baseline = majority_baseline(train_items, items, lang)
+        scores["majority_overall"] = baseline["overall"]
+        for qtype, row in scores["by_type"].items():
+            row["majority"] = baseline["by_type"][qtype]["accuracy"]
+    return scores
+
+
+def evaluate(model: VisionLLM, val_urls: list[str], languages: list[str], cfg: EvalConfig,
+             train_urls: list[str] | None = None, progress: bool = True) -> dict:
+    """Per-language retrieval, captioning and VQA on `val_urls`; baselines from `train_urls`."""
+    start = time.time()
+    model.eval()
+    data = load_eval_set(val_urls, model.vision.preprocess, cfg.max_images)
+    train_records = read_records(train_urls, TRAIN_RECORDS_FOR_BASELINES) if train_urls else []
+    image_features = _encode_images(model, data.images, cfg.batch_size)
+    per_language: dict[str, dict] = {}
+    for lang in languages:
+        train_captions = [c for r in train_records for c in r.get("captions", {}).get(lang, [])]
+        train_items = [q for r in train_records for q in r.get("qa", []) if q.get("lang") == lang and q.get("answers")]
+        sections = {
+            "retrieval": evaluate_retrieval(model, data, image_features, lang, cfg),
+            "captioning": evaluate_captioning(model, data, lang, cfg, train_captions, progress),
+            "vqa": evaluate_vqa(model, data, lang, cfg, train_items, progress),
+        }
+        per_language[lang] = {name: value for name, value in sections.items() if value is not None}
+    return {
+        "languages": list(languages),
+        "n_images": len(data.keys),
+        "per_language": per_language,
+        "timings": {"eval": round(time.time() - start, 1)},
+    }

@@ -1,0 +1,334 @@
+"""Metric values computed by hand for eval.retrieval, eval.captioning, eval.vqa; eval.report output."""
+
+import json
+import math
+
+import pytest
+import torch
+from PIL import Image
+from pycocoevalcap.cider.cider import Cider
+
+from eval.captioning import bleu, cider_d, language_fidelity, majority_caption, tokenize_for_metric
+from eval.report import write_report
+from eval.retrieval import chance_recall, recall_at_k
+from eval.vqa import accuracy_by_type, majority_baseline, normalize_answer, vqa_accuracy
+
+# ---------------------------------------------------------------- retrieval
+
+
+def test_recall_3x3_known_ranks():
+    sim = torch.tensor(
+        [
+            [0.9, 0.1, 0.2],  # image 0: own text first
+            [0.3, 0.2, 0.8],  # image 1: own text (0.2) third
+            [0.1, 0.7, 0.5],  # image 2: own text (0.5) second
+        ]
+    )
+    # t2i columns: text 0 -> image 0 rank 1; text 1 (0.2 vs 0.7) rank 2; text 2 (0.5 vs 0.8) rank 2.
+    r = recall_at_k(sim, torch.tensor([0, 1, 2]), ks=(1, 2, 3))
+    assert r == pytest.approx(
+        {"i2t_r1": 100 / 3, "i2t_r2": 200 / 3, "i2t_r3": 100.0, "t2i_r1": 100 / 3, "t2i_r2": 100.0, "t2i_r3": 100.0}
+    )
+
+
+def test_recall_3x6_several_texts_per_image():
+    sim = torch.tensor(
+        [
+            [0.1, 0.9, 0.5, 0.2, 0.3, 0.0],  # image 0: best own text 0.9 -> rank 1
+            [0.8, 0.1, 0.2, 0.7, 0.6, 0.0],  # image 1: best own text 0.7, one negative above -> rank 2
+            [0.9, 0.8, 0.7, 0.6, 0.1, 0.2],  # image 2: best own text 0.2, four negatives above -> rank 5
+        ]
+    )
+    # t2i ranks per text: 3, 1, 3, 1, 3, 1.
+    r = recall_at_k(sim, torch.tensor([0, 0, 1, 1, 2, 2]), ks=(1, 2, 5))
+    assert r == pytest.approx(
+        {"i2t_r1": 100 / 3, "i2t_r2": 200 / 3, "i2t_r5": 100.0, "t2i_r1": 50.0, "t2i_r2": 50.0, "t2i_r5": 100.0}
+    )
+
+
+def test_recall_ties_count_against_the_model():
+    # A collapsed model: every rank is the worst one, so only k >= n hits.
+    r = recall_at_k(torch.ones(3, 3), torch.tensor([0, 1, 2]), ks=(1, 2, 3))
+    assert r == pytest.approx({"i2t_r1": 0, "i2t_r2": 0, "i2t_r3": 100, "t2i_r1": 0, "t2i_r2": 0, "t2i_r3": 100})
+    # A positive tied with one negative ranks 2; two tied positives of one image do not hurt each other.
+    sim = torch.tensor([[0.5, 0.5, 0.1], [0.2, 0.3, 0.9]])
+    r = recall_at_k(sim, torch.tensor([0, 0, 1]), ks=(1,))
+    assert r["i2t_r1"] == pytest.approx(100.0)
+    sim = torch.tensor([[0.5, 0.5], [0.1, 0.9]])
+    r = recall_at_k(sim, torch.tensor([0, 1]), ks=(1, 2))
+    assert (r["i2t_r1"], r["i2t_r2"]) == pytest.approx((50.0, 100.0))
+
+
+@pytest.mark.parametrize(
+    "sim, t2i, match",
+    [
+        (torch.zeros(2, 3), torch.tensor([0, 1]), "text_to_image must have shape"),
+        (torch.zeros(2, 2), torch.tensor([0, 2]), "must lie in"),
+        (torch.zeros(2, 2), torch.tensor([0, 0]), "image 1 has no text"),
+        (torch.tensor([[0.0, math.nan], [0.0, 0.0]]), torch.tensor([0, 1]), "NaN"),
+        (torch.zeros(4), torch.tensor([0, 1, 2, 3]), "must be 2-D"),
+    ],
+)
+def test_recall_rejects_bad_input(sim, t2i, match):
+    with pytest.raises(ValueError, match=match):
+        recall_at_k(sim, t2i)
+
+
+def test_chance_recall_closed_form_and_monte_carlo():
+    expected = chance_recall(4, n_texts_per_image=2, ks=(1, 2, 3))
+    # i2t: 1 - C(6,k)/C(8,k); t2i: k/4.
+    assert expected == pytest.approx(
+        {
+            "chance_i2t_r1": 25.0,
+            "chance_i2t_r2": 100 * (1 - 15 / 28),
+            "chance_i2t_r3": 100 * (1 - 20 / 56),
+            "chance_t2i_r1": 25.0,
+            "chance_t2i_r2": 50.0,
+            "chance_t2i_r3": 75.0,
+        }
+    )
+    gen = torch.Generator().manual_seed(0)
+    t2i = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    trials = [recall_at_k(torch.rand(4, 8, generator=gen), t2i, ks=(1, 2, 3)) for _ in range(1500)]
+    for direction in ("i2t", "t2i"):
+        for k in (1, 2, 3):
+            estimate = sum(t[f"{direction}_r{k}"] for t in trials) / len(trials)
+            assert estimate == pytest.approx(expected[f"chance_{direction}_r{k}"], abs=2.5)
+
+
+# ---------------------------------------------------------------- captioning tokens
+
+
+@pytest.mark.parametrize(
+    "text, lang, tokens",
+    [
+        # Full-width "，" folds to ","; Latin runs and digits stay whole words.
+        ("一只猫坐在iPhone旁边，2个。", "zh", ["一", "只", "猫", "坐", "在", "iphone", "旁", "边", ",", "2", "个", "。"]),
+        # The Thai vowel sign ิ stays on its consonant ก.
+        ("แมว กิน", "th", ["แ", "ม", "ว", "กิ", "น"]),
+        ("एक कुत्ता गेंद के साथ खेल रहा है।", "hi", ["एक", "कुत्ता", "गेंद", "के", "साथ", "खेल", "रहा", "है", "।"]),
+        ("බල්ලෙක් පිට්ටනියේ දුවයි.", "si", ["බල්ලෙක්", "පිට්ටනියේ", "දුවයි", "."]),
+        ("ශ්\u200dරී ලංකාව", "si", ["ශ්\u200dරී", "ලංකාව"]),  # the ZWJ of the conjunct stays
+        ("A dog's  ball, RED!", "en", ["a", "dog", "'", "s", "ball", ",", "red", "!"]),
+    ],
+)
+def test_tokenize_for_metric(text, lang, tokens):
+    assert tokenize_for_metric(text, lang) == tokens
+
+
+# ---------------------------------------------------------------- CIDEr-D
+
+
+def test_cider_d_hand_computed_two_images():
+    # IDF = log(2) - log(df): "a" is in both images (idf 0), every other n-gram in one (idf log 2).
+    # Image b matches exactly: unigram and bigram cosines are 1, 3/4-grams are absent -> 10 * 2/4 = 5.
+    # Image a: unigram vectors (the: L, cat: L) vs (a: 0, cat: L) -> cosine 1/sqrt(2); bigrams share
+    # nothing; equal lengths, so no penalty -> 10 * (1/sqrt(2)) / 4.
+    refs = {"a": ["a cat"], "b": ["a dog"]}
+    score, per_id = cider_d(refs, {"a": "the cat", "b": "a dog"}, "en")
+    expected_a = 100 * 10 * (1 / math.sqrt(2)) / 4
+    assert per_id == pytest.approx({"a": expected_a, "b": 500.0})
+    assert score == pytest.approx((expected_a + 500.0) / 2)
+
+
+def test_cider_d_matches_pycocoevalcap_on_pretokenized_zh():
+    refs = {"1": ["一只猫在睡觉。", "猫在沙发上睡觉"], "2": ["两只狗在草地上跑"], "3": ["一个人骑自行车", "男人骑车。"]}
+    hyps = {"1": "一只猫在沙发上", "2": "狗在跑", "3": "一个人在骑车"}
+    gts = {
+        "1": ["一 只 猫 在 睡 觉 。", "猫 在 沙 发 上 睡 觉"],
+        "2": ["两 只 狗 在 草 地 上 跑"],
+        "3": ["一 个 人 骑 自 行 车", "男 人 骑 车 。"],
+    }
+    res = {"1": ["一 只 猫 在 沙 发 上"], "2": ["狗 在 跑"], "3": ["一 个 人 在 骑 车"]}
+    direct, direct_per_id = Cider().compute_score(gts, res)
+    score, per_id = cider_d(refs, hyps, "zh")
+    assert score == pytest.approx(100 * direct)
+    assert list(per_id.values()) == pytest.approx([100 * s for s in direct_per_id])
+    assert score > 0
+
+
+def test_cider_d_prefers_the_right_caption():
+    refs = {"1": ["a dog runs on the grass"], "2": ["a red car parked on a street"], "3": ["two people ride bikes"]}
+    right = {"1": "a dog runs on grass", "2": "a red car on a street", "3": "two people ride bikes"}
+    wrong = {"1": "a red car on a street", "2": "two people ride bikes", "3": "a dog runs on grass"}
+    right_score, wrong_score = cider_d(refs, right, "en")[0], cider_d(refs, wrong, "en")[0]
+    assert right_score > 10 * wrong_score  # "wrong" still shares "on" and "a" with its references
+
+
+def test_cider_d_rejects_bad_input():
+    with pytest.raises(ValueError, match="only in references"):
+        cider_d({"1": ["a"], "2": ["b"]}, {"1": "a"}, "en")
+    with pytest.raises(ValueError, match="at least 2 images"):
+        cider_d({"1": ["a"]}, {"1": "a"}, "en")
+    with pytest.raises(ValueError, match="non-empty list"):
+        cider_d({"1": ["a"], "2": []}, {"1": "a", "2": "b"}, "en")
+
+
+# ---------------------------------------------------------------- BLEU, fidelity, majority caption
+
+
+def test_bleu_values():
+    refs = {"a": ["the cat sat on the mat", "a cat is on a mat"], "b": ["a dog runs in the park"]}
+    # Perfect match, also when the matching reference is the second one and "b" has only one.
+    assert bleu(refs, {"a": "The cat sat on the mat", "b": "a dog runs in the park"}, "en") == pytest.approx(100.0)
+    assert bleu(refs, {"a": "a cat is on a mat", "b": "a dog runs in the park"}, "en") == pytest.approx(100.0)
+    # Precisions 5/6, 3/5, 2/4, 1/3 and no brevity penalty.
+    one = {"x": ["the cat sat on a mat"]}
+    assert bleu(one, {"x": "the cat sat on the mat"}, "en") == pytest.approx(
+        100 * (5 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25, abs=1e-3
+    )
+    assert bleu({"x": ["两只狗在草地上跑"]}, {"x": "两只狗在草地上跑"}, "zh") == pytest.approx(100.0)
+
+
+def test_language_fidelity():
+    hyps = ["a dog on the grass", "एक कुत्ता", "一只狗", "123 !"]
+    assert language_fidelity(hyps, "hi") == pytest.approx(25.0)
+    assert language_fidelity(hyps, "de") == pytest.approx(25.0)  # script-level: English passes for German
+    # Kana makes a kanji-heavy caption Japanese; all-Han text is Chinese, and also accepted as
+    # Japanese (an answer can be all kanji).
+    assert language_fidelity(["赤い車", "红色的车"], "zh") == pytest.approx(50.0)
+    assert language_fidelity(["赤い車", "红色的车", "a red car"], "ja") == pytest.approx(200 / 3)
+    assert language_fidelity(["බල්ලෙක්", "dog"], "si") == pytest.approx(50.0)
+    with pytest.raises(ValueError, match="'xx'"):
+        language_fidelity(["a"], "xx")
+
+
+def test_majority_caption():
+    assert majority_caption(["a dog", "a cat", " a  dog ", "a cat", "a dog"]) == "a dog"
+    with pytest.raises(ValueError):
+        majority_caption([])
+
+
+# ---------------------------------------------------------------- VQA
+
+
+@pytest.mark.parametrize(
+    "text, lang, expected",
+    [
+        ("The Dog.", "en", "dog"),
+        ("  Two   cats! ", "en", "2 cats"),
+        ("Ein Hund.", "de", "ein hund"),  # no English article rule elsewhere
+        ("猫。", "zh", "猫"),
+        ("犬？", "ja", "犬"),  # full-width question mark
+        ("हाँ।", "hi", "हाँ"),
+        ("3.5", "en", "3.5"),
+    ],
+)
+def test_normalize_answer(text, lang, expected):
+    assert normalize_answer(text, lang) == expected
+
+
+def test_vqa_soft_accuracy():
+    ten = ["2", "two", "3", "3", "3", "3", "3", "3", "3", "3"]  # 2 of 10 humans said 2
+    assert vqa_accuracy(["2"], [ten], "en") == pytest.approx(200 / 3)
+    assert vqa_accuracy(["3"], [ten], "en") == pytest.approx(100.0)
+    assert vqa_accuracy(["4"], [ten], "en") == pytest.approx(0.0)
+    # One reference answer reduces to exact match after normalisation.
+    assert vqa_accuracy(["Yes.", "no"], [["yes"], ["yes"]], "en") == pytest.approx(50.0)
+    with pytest.raises(ValueError, match="2 predictions but 1"):
+        vqa_accuracy(["a", "b"], [["a"]], "en")
+
+
+TRAIN = [
+    {"type": "color", "answers": ["red", "red", "blue"]},
+    {"type": "color", "answers": ["Red."]},
+    {"type": "count", "answers": ["two", "2", "3"]},
+    {"type": "yes/no", "answers": ["yes"]},
+]
+EVAL = [
+    {"type": "color", "answers": ["red"]},
+    {"type": "color", "answers": ["blue"]},
+    {"type": "count", "answers": ["2", "3"]},  # "2" matches 1 of 2 references -> 1/2
+    {"type": "other", "answers": ["red", "red", "red"]},  # unseen type -> overall majority "red"
+]
+
+
+def test_majority_baseline():
+    assert majority_baseline(TRAIN, EVAL, "en") == {
+        "overall": pytest.approx(62.5),
+        "n": 4,
+        "by_type": {
+            "color": {"accuracy": pytest.approx(50.0), "n": 2},
+            "count": {"accuracy": pytest.approx(50.0), "n": 1},
+            "other": {"accuracy": pytest.approx(100.0), "n": 1},
+        },
+    }
+
+
+def test_accuracy_by_type():
+    result = accuracy_by_type(["red", "Blue", "3", "no"], EVAL, "en")
+    assert result["overall"] == pytest.approx(62.5)
+    assert result["by_type"]["color"] == {"accuracy": pytest.approx(100.0), "n": 2}
+    assert result["by_type"]["other"] == {"accuracy": pytest.approx(0.0), "n": 1}
+    with pytest.raises(ValueError, match=r"eval_items\[0\] lacks key 'type'"):
+        accuracy_by_type(["x"], [{"answers": ["x"]}], "en")
+
+
+# ---------------------------------------------------------------- report
+
+
+def _fake_results() -> dict:
+    retrieval = {"i2t_r1": 45.0, "i2t_r5": 70.0, "i2t_r10": 80.0, "t2i_r1": 40.0, "t2i_r5": 65.0, "t2i_r10": 75.5}
+    retrieval |= {"chance_i2t_r1": 0.7, "chance_i2t_r5": 3.3, "chance_i2t_r10": 6.5}
+    retrieval |= {"chance_t2i_r1": 0.3, "chance_t2i_r5": 1.7, "chance_t2i_r10": 3.3}
+    return {
+        "languages": ["en", "si", "de"],
+        "n_images": 300,
+        "per_language": {
+            "en": {
+                "retrieval": retrieval,
+                "captioning": {
+                    "cider": 61.2,
+                    "bleu": 20.4,
+                    "fidelity": 99.0,
+                    "majority_cider": 3.1,
+                    "samples": [{"image": "img_7", "reference": "a dog | a ball", "hypothesis": "a dog"}],
+                },
+                "vqa": {
+                    "overall": 55.0,
+                    "majority_overall": 30.0,
+                    "n": 20,
+                    "by_type": {"count": {"accuracy": 40.0, "majority": 25.0, "n": 8}},
+                },
+            },
+            "si": {"captioning": {"cider": 20.0, "bleu": 5.0, "fidelity": 90.0, "majority_cider": 1.0}},
+            "de": {"retrieval": {"i2t_r1": 30.0, "t2i_r1": 28.0, "chance_i2t_r1": 0.7, "chance_t2i_r1": 0.3}},
+        },
+        "timings": {"retrieval": 12.0, "captioning": 30.5},
+    }
+
+
+def test_write_report(tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+    lines = [json.dumps({"kind": "train", "step": s, "loss": 3 - s / 50, "lm": 2.5 - s / 60, "itc": 0.5, "lr": 1e-3})
+             for s in range(0, 100, 10)]
+    lines += [json.dumps({"kind": "eval", "step": 50, "val_loss": 2.2}), '{"kind": "train", "st']  # torn last line
+    metrics.write_text("\n".join(lines), encoding="utf-8")
+
+    report = write_report(_fake_results(), tmp_path / "out", metrics)
+    text = report.read_text(encoding="utf-8")
+    assert report == tmp_path / "out" / "report.md"
+    assert "| en | 45.0 (0.7) | 70.0 (3.3) | 80.0 (6.5) | 40.0 (0.3) | 65.0 (1.7) | 75.5 (3.3) | 61.2 (3.1) " in text
+    assert "| si | — | — | — | — | — | — | 20.0 (1.0) | 5.0 | 90.0 | — | — |" in text
+    assert "| de | 30.0 (0.7) | — | — | 28.0 (0.3) |" in text
+    assert "| en | count | 40.0 (25.0) | 8 |" in text
+    assert "| img_7 | a dog \\| a ball | a dog |" in text
+    assert "| **total** | 42.5 |" in text
+    assert "1 malformed line(s)" in text
+    for png in ("loss_curves.png", "per_language.png"):
+        assert f"]({png})" in text
+        with Image.open(tmp_path / "out" / png) as image:
+            image.verify()
+            assert image.format == "PNG"
+
+
+def test_write_report_without_metrics_or_sections(tmp_path):
+    results = {"languages": ["en"], "per_language": {"en": {"captioning": {"cider": 10.0}}}}
+    text = write_report(results, tmp_path).read_text(encoding="utf-8")
+    assert "| en | 10.0 | — | — |" in text
+    assert not (tmp_path / "loss_curves.png").exists()
+    assert not (tmp_path / "per_language.png").exists()  # nothing to plot
+    with pytest.raises(ValueError, match="metrics file not found"):
+        write_report(results, tmp_path, tmp_path / "missing.jsonl")
+    with pytest.raises(ValueError, match="'per_language'"):
+        write_report({"languages": []}, tmp_path)

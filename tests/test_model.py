@@ -1,0 +1,130 @@
+"""Model pieces on tiny parts: encoder tokens, label masking, forward/backward for causal and seq2seq
+LMs, and batched generation that matches one-by-one generation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vlm.data.collate import Collator, Example
+from vlm.model.llm import IGNORE_INDEX
+from vlm.model.vlm import VisionLLM
+
+
+def _examples(n: int) -> list[Example]:
+    torch.manual_seed(0)
+    texts = [("Caption in English:", "a small red circle on the left", "en"),
+             ("问题：有几个形状？ 回答：", "两个", "zh"),
+             ("Frage: Welche Farbe hat der Kreis? Antwort:", "rot", "de")]
+    return [Example(torch.randn(3, 32, 32), p, t, t, lang, "caption") for p, t, lang in (texts * n)[:n]]
+
+
+@pytest.fixture(scope="module")
+def causal(tiny_parts, tmp_path_factory):
+    torch.manual_seed(0)
+    return VisionLLM(tiny_parts.config(tmp_path_factory.mktemp("run")))
+
+
+def test_image_encoder_is_frozen_and_returns_tokens(causal):
+    enc = causal.vision
+    enc.train()
+    assert not enc.training and not enc.visual.training
+    images = torch.randn(2, 3, 32, 32, requires_grad=True)
+    tokens = enc(images)
+    assert tokens.shape == (2, 1 + (32 // 8) ** 2, 32)  # CLS + 4x4 patches, width 32
+    assert not tokens.requires_grad
+    assert all(not p.requires_grad for p in enc.parameters())
+
+
+def test_causal_labels_mask_prompt_and_padding(causal):
+    collator = Collator(causal.tokenizer, "causal", max_length=48)
+    batch = collator(_examples(3))
+    for row in range(3):
+        prompt_ids, target_ids = collator.encode(*[(e.prompt, e.target) for e in _examples(3)][row])
+        n = len(prompt_ids) + len(target_ids)
+        assert batch["input_ids"][row, :n].tolist() == prompt_ids + target_ids
+        assert batch["labels"][row, : len(prompt_ids)].eq(IGNORE_INDEX).all()
+        assert batch["labels"][row, len(prompt_ids) : n].tolist() == target_ids
+        assert batch["labels"][row, n:].eq(IGNORE_INDEX).all() and batch["attention_mask"][row, n:].eq(0).all()
+        assert target_ids[-1] == causal.tokenizer.eos_token_id
+
+
+def test_seq2seq_labels_are_the_target(tiny_parts):
+    from tests.conftest import LANGUAGES  # noqa: F401  (the fixture's languages)
+    from vlm.model.llm import load_tokenizer
+    from vlm.config import LLMConfig
+
+    tokenizer = load_tokenizer(LLMConfig(name=str(tiny_parts.tokenizer)))
+    collator = Collator(tokenizer, "seq2seq", max_length=48)
+    batch = collator(_examples(2))
+    for row, example in enumerate(_examples(2)):
+        prompt_ids, target_ids = collator.encode(example.prompt, example.target)
+        assert batch["input_ids"][row, : len(prompt_ids)].tolist() == prompt_ids
+        assert batch["labels"][row, : len(target_ids)].tolist() == target_ids
+        assert batch["labels"][row, len(target_ids) :].eq(IGNORE_INDEX).all()
+
+
+def test_causal_loss_is_the_target_tokens_only(causal):
+    """The LM term equals a hand-computed CE over target positions, with the visual prefix masked."""
+    causal.eval()
+    batch = Collator(causal.tokenizer, "causal", 48)(_examples(3))
+    prefix = causal.visual(batch["images"]).visual_tokens
+    loss = causal.llm(prefix, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    embeds = torch.cat([prefix, causal.llm.embed(batch["input_ids"])], 1)
+    mask = torch.cat([torch.ones(prefix.shape[:2], dtype=torch.long), batch["attention_mask"]], 1)
+    logits = causal.llm.model(inputs_embeds=embeds, attention_mask=mask).logits[:, prefix.shape[1] :]
+    manual = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1),
+                             ignore_index=IGNORE_INDEX)
+    assert loss.item() == pytest.approx(manual.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["causal", "seq2seq"])
+def test_forward_backward_reaches_only_trainable_parts(tiny_parts, tmp_path, kind):
+    torch.manual_seed(0)
+    model = VisionLLM(tiny_parts.config(tmp_path, kind=kind))
+    model.train()
+    batch = Collator(model.tokenizer, kind, 48)(_examples(4))
+    out = model(batch)
+    assert set(out) == {"loss", "lm", "itc"}
+    assert out["loss"].item() == pytest.approx(out["lm"].item() + out["itc"].item(), rel=1e-5)
+    out["loss"].backward()
+    grads = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any(n.startswith("bridge.") for n in grads)
+    assert any("lora_" in n for n in grads)
+    assert "contrastive_loss.logit_scale" in grads
+    assert grads <= trainable
+    assert not any(n.startswith("vision.") for n in trainable)
+    frozen_llm = [n for n, p in model.llm.named_parameters() if not p.requires_grad]
+    assert frozen_llm and not any("lora_" in n for n in frozen_llm)
+    # train_embeddings (on in the demo config) makes only the input embedding table trainable in the LLM
+    assert any("embed" in n or "shared" in n for n in trainable if n.startswith("llm."))
+    assert model.visual(batch["images"]).visual_tokens.shape == (4, 4, model.llm.hidden_size)
+
+
+@pytest.mark.parametrize("kind", ["causal", "seq2seq"])
+def test_batched_generation_matches_single(tiny_parts, tmp_path, kind):
+    torch.manual_seed(0)
+    model = VisionLLM(tiny_parts.config(tmp_path, kind=kind)).eval()
+    images = torch.randn(3, 3, 32, 32)
+    prompts = ["Caption in English:", "问题：有几个形状？ 回答：", "Frage: Welche Farbe hat der Kreis? Antwort:"]
+    batched = model.generate(images, prompts, max_new_tokens=5, do_sample=False)
+    single = [model.generate(images[i : i + 1], [p], max_new_tokens=5, do_sample=False)[0]
+              for i, p in enumerate(prompts)]
+    assert batched == single
+    assert all(isinstance(t, str) for t in batched)
+
+
+def test_encoders_are_normalised(causal):
+    img = causal.encode_image(torch.randn(3, 3, 32, 32))
+    txt = causal.encode_text(["a red circle", "两个", "ein blauer Stern oben"])
+    assert img.shape == txt.shape == (3, 16)
+    assert torch.allclose(img.norm(dim=-1), torch.ones(3), atol=1e-5)
+    assert torch.allclose(txt.norm(dim=-1), torch.ones(3), atol=1e-5)
+
+
+def test_kind_mismatch_is_a_clear_error(tiny_parts, tmp_path):
+    cfg = tiny_parts.config(tmp_path, f"llm.name={tiny_parts.seq2seq}")  # seq2seq weights, kind causal
+    with pytest.raises(ValueError, match="encoder-decoder"):
+        VisionLLM(cfg)

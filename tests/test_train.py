@@ -1,0 +1,119 @@
+"""Training: the loss falls, checkpoints resume exactly, bad samples are skipped and counted."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from vlm.cli import main
+from vlm.data.collate import Collator
+from vlm.data.pipeline import StreamPosition, TrainStream, resolve_shards
+from vlm.train.checkpoint import LATEST, latest_checkpoint, load_checkpoint
+from vlm.train.metrics import read_metrics
+from vlm.train.trainer import train
+
+
+def _train_losses(output_dir: Path) -> dict[int, float]:
+    return {row["step"]: row["loss"] for row in read_metrics(output_dir / "metrics.jsonl") if row["kind"] == "train"}
+
+
+def test_short_run_loss_falls(tiny_parts, tmp_path):
+    cfg = tiny_parts.config(tmp_path, "train.max_steps=40", "train.lr=3e-3", "train.warmup_steps=2",
+                            "train.eval_every=20")
+    result = train(cfg)
+    losses = _train_losses(tmp_path)
+    first = sum(losses[s] for s in range(1, 6)) / 5
+    last = sum(losses[s] for s in range(36, 41)) / 5
+    assert last < 0.85 * first, (first, last)
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows if r["kind"] == "eval"] == [20, 40]
+    assert all({"lm", "itc", "lr", "grad_norm", "bad_samples"} <= set(r) for r in rows if r["kind"] == "train")
+    # the checkpoint holds only trainable weights, and the resolved config sits next to it
+    weights, state = load_checkpoint(result.checkpoint)
+    assert set(weights) == set(result.model.trainable_state_dict())
+    assert not any(k.startswith("vision.") for k in weights)
+    assert state["step"] == 40
+    saved = json.loads((result.checkpoint / "config.json").read_text())
+    assert saved["train"]["max_steps"] == 40 and saved["llm"]["name"] == str(tiny_parts.lm)
+
+
+def test_resume_continues_exactly(tiny_parts, tmp_path):
+    """Resuming from the step-3 checkpoint reproduces the next steps' losses of the uninterrupted run."""
+    args = ["train.max_steps=6", "train.save_every=3", "data.num_workers=2", "train.lr=3e-3"]
+    straight = tmp_path / "straight"
+    train(tiny_parts.config(straight, *args))
+    reference = _train_losses(straight)
+
+    resumed = tmp_path / "resumed"
+    (resumed / "checkpoints").mkdir(parents=True)
+    step3 = straight / "checkpoints" / "step-0000003"
+    assert step3.is_dir()
+    import shutil
+
+    shutil.copytree(step3, resumed / "checkpoints" / step3.name)
+    (resumed / "checkpoints" / LATEST).write_text(step3.name + "\n")
+    cfg_overrides = tiny_parts.overrides(resumed) + args
+    assert main(["train", str(Path(__file__).parent.parent / "configs" / "demo.yaml"), *cfg_overrides,
+                 "--resume"]) == 0
+    again = _train_losses(resumed)
+    assert sorted(again) == [4, 5, 6]
+    for step in (4, 5, 6):
+        assert again[step] == pytest.approx(reference[step], rel=1e-5, abs=1e-6), step
+    assert latest_checkpoint(resumed).name == "step-0000006"
+
+
+def test_checkpoints_are_pruned_and_latest_is_valid(tiny_parts, tmp_path):
+    train(tiny_parts.config(tmp_path, "train.max_steps=6", "train.save_every=2", "train.keep_checkpoints=2"))
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if not p.name.startswith("."))
+    assert names == ["latest", "step-0000004", "step-0000006"]
+    assert latest_checkpoint(tmp_path).name == "step-0000006"
+
+
+def _corrupt_copy(src: Path, dst: Path) -> int:
+    """Copy a shard, replacing every third image with garbage bytes; returns how many were broken."""
+    broken = images = 0
+    with tarfile.open(src) as tin, tarfile.open(dst, "w") as tout:
+        for member in tin.getmembers():
+            data = tin.extractfile(member).read()
+            if member.name.endswith((".png", ".jpg")):
+                images += 1
+                if images % 3 == 0:
+                    data, broken = b"not an image", broken + 1
+            member.size = len(data)
+            tout.addfile(member, io.BytesIO(data))
+    return broken
+
+
+def test_bad_samples_are_skipped_and_counted(tiny_parts, tmp_path):
+    urls = resolve_shards([str(tiny_parts.data)], "train")
+    broken = sum(_corrupt_copy(Path(u), tmp_path / Path(u).name) for u in urls)
+    assert broken > 0
+    bad_urls = [str(tmp_path / Path(u).name) for u in urls]
+    cfg = tiny_parts.config(tmp_path / "run")
+    from vlm.model.vision import create_open_clip
+
+    _, transform, _ = create_open_clip(cfg.vision)
+    from vlm.model.llm import load_tokenizer
+
+    collator = Collator(load_tokenizer(cfg.llm), "causal", 48)
+    stream = TrainStream(bad_urls, cfg.data, transform, collator, batch_size=8, seed=0, rank=0, world_size=1,
+                         position=StreamPosition())
+    it = iter(stream)
+    good = 96 - broken
+    # one epoch of good samples: every broken one in it was skipped and counted, none was fatal
+    batches = [next(it) for _ in range(good // 8)]
+    consumed = batches[-1]["stream_consumed"]
+    assert consumed >= 96 - 2  # the epoch's last samples may be broken ones
+    assert sum(b["bad_samples"] for b in batches) == consumed - len(batches) * 8 >= broken - 2
+    assert all(b["images"].shape == (8, 3, 32, 32) and torch.isfinite(b["images"]).all() for b in batches)
+
+
+def test_too_few_shards_is_a_clear_error(tiny_parts, tmp_path):
+    cfg = tiny_parts.config(tmp_path, "data.num_workers=8")
+    with pytest.raises(ValueError, match="shards for 1 ranks x 8 workers"):
+        train(cfg)

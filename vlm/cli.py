@@ -1,0 +1,210 @@
+"""The `vlm` command: demo, prep, train, eval, export, caption, ask.
+
+Config problems (unknown key, wrong type, impossible value, missing file) exit with code 2 and one
+line naming the culprit, before any model is built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from vlm.config import ConfigError, check_paths, load_config
+
+DEFAULT_DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+
+
+def _add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("config", nargs=None if required else "?", help="YAML config file")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlm", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="synthetic data -> parts -> align -> eval -> release, end to end")
+    demo.add_argument("config", nargs="?", default=str(DEFAULT_DEMO_CONFIG), help="default: configs/demo.yaml")
+    demo.add_argument("overrides", nargs="*")
+
+    prep = sub.add_parser("prep", help="write training shards")
+    prep_sub = prep.add_subparsers(dest="source", required=True)
+    synth = prep_sub.add_parser("synthetic", help="synthetic scenes, translated by the phrase table")
+    synth.add_argument("--out", required=True)
+    synth.add_argument("--n-train", type=int, default=20000)
+    synth.add_argument("--n-val", type=int, default=300)
+    synth.add_argument("--languages", default="en,de,fr,hi,si,zh,ar,ru")
+    synth.add_argument("--image-size", type=int, default=64)
+    synth.add_argument("--seed", type=int, default=0)
+    tr = prep_sub.add_parser("translate", help="translate the English captions of existing shards")
+    tr.add_argument("shards", nargs="+", help="input shards (img2dataset layout: jpg + txt or json)")
+    tr.add_argument("--out", required=True)
+    tr.add_argument("--languages", required=True)
+    tr.add_argument("--backend", default="phrase_table")
+    tr.add_argument("--prefix", default="train")
+
+    train = sub.add_parser("train", help="align a vision encoder to an LLM")
+    _add_config_args(train)
+    train.add_argument("--resume", action="store_true", help="continue from train.output_dir's latest checkpoint")
+
+    ev = sub.add_parser("eval", help="per-language retrieval, captioning and VQA")
+    ev.add_argument("model", help="a release folder, a run folder or a checkpoint folder")
+    ev.add_argument("overrides", nargs="*", help="e.g. eval.max_images=100 data.languages=[en,de]")
+    ev.add_argument("--out", help="where results.json and report.md go (default: next to the model)")
+
+    ex = sub.add_parser("export", help="write a release folder from a run or checkpoint")
+    ex.add_argument("checkpoint", help="a run folder (uses its latest checkpoint) or a checkpoint folder")
+    ex.add_argument("--out", required=True)
+    ex.add_argument("--results", help="results.json whose scores go into the model card")
+
+    for name, text in (("caption", "caption an image"), ("ask", "answer a question about an image")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("model", help="a release folder")
+        p.add_argument("image")
+        if name == "ask":
+            p.add_argument("question")
+        p.add_argument("--lang", default="en")
+        p.add_argument("--max-new-tokens", type=int, default=32)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "root", "open_clip"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"vlm {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def cmd_demo(args) -> int:
+    from vlm.demo import run_demo
+
+    cfg = load_config(args.config, args.overrides)
+    run_demo(cfg)
+    return 0
+
+
+def cmd_prep(args) -> int:
+    from data_prep.languages import validate_languages
+
+    try:
+        languages = validate_languages(args.languages.split(","))
+    except ValueError as err:
+        raise ConfigError(f"--languages: {err}") from None
+    if args.source == "synthetic":
+        from data_prep.shards import prepare_synthetic
+
+        summary = prepare_synthetic(Path(args.out), args.n_train, args.n_val, languages, seed=args.seed,
+                                    image_size=args.image_size)
+    else:
+        from data_prep.shards import translate_shards
+        from data_prep.translate import make_translator
+
+        summary = translate_shards(args.shards, Path(args.out), languages, make_translator(args.backend),
+                                   prefix=args.prefix)
+    print(json.dumps(summary, indent=2, ensure_ascii=False, default=str))
+    return 0
+
+
+def cmd_train(args) -> int:
+    cfg = load_config(args.config, args.overrides)
+    check_paths(cfg)
+    from vlm.data.pipeline import resolve_shards
+    from vlm.train.trainer import train
+
+    resolve_shards(cfg.data.train, "train")  # missing shards fail here, before the model is built
+    if cfg.data.val:
+        resolve_shards(cfg.data.val, "val")
+    result = train(cfg, resume=args.resume)
+    if result.checkpoint is not None:
+        print(f"checkpoint: {result.checkpoint}")
+    return 0
+
+
+def _load_any(path: Path, overrides: list[str]):
+    """A release folder, or a run/checkpoint folder; returns (model, config)."""
+    from vlm.model.vlm import VisionLLM
+    from vlm.release import load_from_checkpoint, resolve_checkpoint
+
+    if (path / "model.safetensors").is_file() and (path / "config.json").is_file():
+        model = VisionLLM.from_pretrained(path)
+        cfg_path = path / "config.json"
+    else:
+        cfg_path = resolve_checkpoint(path) / "config.json"
+        model = None
+    cfg = load_config(cfg_path, overrides)
+    if model is None:
+        model = load_from_checkpoint(path, cfg)
+    return model, cfg
+
+
+def cmd_eval(args) -> int:
+    from eval.report import write_report
+    from eval.runner import evaluate
+    from vlm.data.pipeline import resolve_shards
+
+    model_path = Path(args.model)
+    if not model_path.exists():
+        raise FileNotFoundError(f"model not found: {model_path}")
+    model, cfg = _load_any(model_path, args.overrides)
+    val_urls = resolve_shards(cfg.data.val, "val")
+    train_urls = resolve_shards(cfg.data.train, "train") if cfg.data.train else None
+    results = evaluate(model, val_urls, cfg.data.languages, cfg.eval, train_urls=train_urls)
+    out = Path(args.out) if args.out else model_path
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    metrics = model_path / "metrics.jsonl"
+    report = write_report(results, out, metrics if metrics.is_file() else None)
+    print(f"results: {out / 'results.json'}\nreport: {report}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from vlm.release import export_release, load_from_checkpoint
+
+    results = json.loads(Path(args.results).read_text()) if args.results else None
+    model = load_from_checkpoint(args.checkpoint)
+    folder = export_release(model, args.out, results)
+    print(f"release: {folder}")
+    return 0
+
+
+def _generate_one(args, prompt: str) -> int:
+    from PIL import Image
+
+    from vlm.model.vlm import VisionLLM
+
+    if not Path(args.image).is_file():
+        raise FileNotFoundError(f"image not found: {args.image}")
+    model = VisionLLM.from_pretrained(args.model)
+    image = model.vision.preprocess(Image.open(args.image).convert("RGB")).unsqueeze(0)
+    print(model.generate(image, [prompt], max_new_tokens=args.max_new_tokens)[0])
+    return 0
+
+
+def cmd_caption(args) -> int:
+    from vlm.data.templates import caption_prompt
+
+    return _generate_one(args, caption_prompt(args.lang))
+
+
+def cmd_ask(args) -> int:
+    from vlm.data.templates import vqa_prompt
+
+    return _generate_one(args, vqa_prompt(args.question, args.lang))
+
+
+COMMANDS = {"demo": cmd_demo, "prep": cmd_prep, "train": cmd_train, "eval": cmd_eval, "export": cmd_export,
+            "caption": cmd_caption, "ask": cmd_ask}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,369 @@
+"""Dataclass configs, one per concern, loaded from YAML with dotted command-line overrides.
+
+Validation is strict and happens before anything heavy is built: an unknown key, a wrong type, an
+impossible value or a missing file raises `ConfigError` with one line naming the culprit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config problem; the message is one line naming the key or path."""
+
+
+@dataclass
+class VisionConfig:
+    # An open_clip model name (built-in, or one registered from `model_config_dir`), or "local-dir:PATH".
+    name: str = "ViT-B-16"
+    # An open_clip pretrained tag ("openai", "laion2b_s34b_b88k"), a local checkpoint file, or "" for none.
+    pretrained: str = ""
+    # Extra folder of open_clip model JSONs registered with `open_clip.add_model_config`.
+    model_config_dir: str = ""
+    # A safetensors file of visual-tower weights, loaded strictly after the model is built (the layout
+    # `VisionLLM.save_pretrained` writes); when set, `pretrained` must be empty.
+    visual_weights: str = ""
+    # Block whose output tokens feed the bridge; -1 is the last, -2 the second-last (BLIP-2 uses -2).
+    layer: int = -1
+    # Keep the CLS token in front of the patch tokens.
+    include_cls: bool = True
+
+
+@dataclass
+class BridgeConfig:
+    type: str = "qformer"
+    num_queries: int = 32
+    hidden_size: int = 768
+    num_layers: int = 6
+    num_heads: int = 12
+    # Cross-attention to the image tokens in every `cross_attention_freq`-th layer (BLIP-2: 2).
+    cross_attention_freq: int = 2
+    mlp_ratio: float = 4.0
+    dropout: float = 0.1
+
+
+@dataclass
+class LLMConfig:
+    # A transformers model id or a local folder; the tokenizer is read from the same place unless set.
+    name: str = "bigscience/bloomz-560m"
+    tokenizer: str = ""
+    kind: str = "causal"  # causal | seq2seq
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16: the dtype the frozen weights are loaded in
+    lora_r: int = 0  # 0 disables LoRA
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_targets: str = "all-linear"  # "all-linear" or a comma-separated list of module names
+    # Train the (tied) input embedding table too. A text-only LM gives interchangeable attribute words
+    # (colours, shapes) near-identical embeddings; see shared/reference/demo_feasibility.md section 4.
+    train_embeddings: bool = False
+    max_length: int = 64  # prompt + target tokens, truncated beyond
+    trust_remote_code: bool = False
+
+
+@dataclass
+class LossConfig:
+    lm_weight: float = 1.0
+    contrastive_weight: float = 1.0
+    contrastive_dim: int = 256
+    init_temperature: float = 0.07
+    # The learnable logit scale is clamped to [1, max_logit_scale] (CLIP caps it at 100).
+    max_logit_scale: float = 100.0
+
+
+@dataclass
+class DataConfig:
+    # Shard lists: a list of paths/globs/brace patterns ("data/train-{000000..000099}.tar"),
+    # or a folder holding a manifest.json written by `vlm prep`.
+    train: list[str] = field(default_factory=list)
+    val: list[str] = field(default_factory=list)
+    languages: list[str] = field(default_factory=lambda: ["en"])
+    tasks: list[str] = field(default_factory=lambda: ["caption", "vqa"])
+    # Relative weight of each task when sampling what a training example teaches.
+    task_weights: list[float] = field(default_factory=lambda: [0.4, 0.6])
+    image_size: int = 224
+    num_workers: int = 2
+    shuffle_buffer: int = 1000
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/train"
+    seed: int = 0
+    batch_size: int = 32  # per rank, per micro-step
+    grad_accum: int = 1
+    max_steps: int = 1000  # optimizer steps
+    max_minutes: float = 0.0  # >0: also stop (and save) once this much wall time has passed
+    lr: float = 1e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16
+    distributed: str = "ddp"  # how torchrun ranks share the work (DDP for now)
+    log_every: int = 10
+    eval_every: int = 0  # 0 disables periodic evaluation
+    save_every: int = 0  # 0: only the final checkpoint
+    keep_checkpoints: int = 2
+    progress: bool = True
+    tensorboard: bool = True
+    threads: int = 0  # torch intra-op threads; 0 leaves torch's default
+
+
+@dataclass
+class EvalConfig:
+    max_images: int = 0  # 0: all of data.val
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10])
+    max_new_tokens: int = 32
+    num_beams: int = 1
+    batch_size: int = 64
+    samples_per_language: int = 3  # sample captions kept in results.json
+
+
+@dataclass
+class DemoConfig:
+    """Settings of `vlm demo` only: how big the synthetic data is and how the demo makes its own
+    "pretrained" parts, since none can be downloaded. The demo writes the data into the folder that
+    `data.train` names, the CLIP into the `local-dir:` of `vision.name` and the LM into `llm.name`."""
+
+    seed: int = 0
+    n_train: int = 20000
+    n_val: int = 300
+    clip_model: str = "demo-tiny-vit"  # an open_clip architecture, from vision.model_config_dir
+    clip_batch_size: int = 64
+    clip_lr: float = 1e-3
+    clip_steps: int = 300
+    tokenizer_vocab_size: int = 2048
+    lm_hidden_size: int = 160
+    lm_layers: int = 4
+    lm_heads: int = 4
+    lm_batch_size: int = 64
+    lm_lr: float = 2e-3
+    lm_steps: int = 300
+
+
+@dataclass
+class Config:
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    bridge: BridgeConfig = field(default_factory=BridgeConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
+
+
+BRIDGE_TYPES = ("qformer",)
+LLM_KINDS = ("causal", "seq2seq")
+TASKS = ("caption", "vqa")
+PRECISIONS = ("auto", "fp32", "bf16")
+DISTRIBUTED = ("ddp",)
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read YAML (or JSON) at `path`, apply `key.sub=value` overrides, build and validate a Config."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for item in overrides or []:
+        _apply_override(raw, item)
+    cfg = _build(Config, raw, "")
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    cfg = _build(Config, raw, "")
+    validate(cfg)
+    return cfg
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' must look like section.key=value")
+    dotted, _, text = item.partition("=")
+    keys = dotted.strip().split(".")
+    node = raw
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{dotted}': '{key}' is not a section")
+    # YAML parsing gives numbers, booleans and [lists] their types; plain words stay strings.
+    node[keys[-1]] = yaml.safe_load(text) if text.strip() else ""
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"'{prefix.rstrip('.') or 'config'}' must be a mapping")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in names:
+            raise ConfigError(f"unknown config key '{prefix}{key}' (known: {', '.join(sorted(names))})")
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            continue
+        hint = hints[f.name]
+        key = prefix + f.name
+        if dataclasses.is_dataclass(hint):
+            values[f.name] = _build(hint, raw[f.name], key + ".")
+        else:
+            values[f.name] = _coerce(raw[f.name], hint, key)
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item_type,) = typing.get_args(hint)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]  # `data.languages=en` means ["en"]
+        if not isinstance(value, list):
+            raise ConfigError(f"'{key}' must be a list, got {type(value).__name__}")
+        return [_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        raise ConfigError(f"'{key}': union types are not supported in configs")
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"'{key}' must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"'{key}' must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, str):
+            value = _parse_float(value)  # YAML 1.1 reads "3e-4" (no dot) as a string
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"'{key}' must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"'{key}' must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"'{key}': unsupported config type {hint}")
+
+
+def _parse_float(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+# --- validation ----------------------------------------------------------------------------------
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _choice(value: str, choices: tuple[str, ...], key: str) -> None:
+    _check(value in choices, f"'{key}' is '{value}'; choose one of: {', '.join(choices)}")
+
+
+def validate(cfg: Config) -> None:
+    """Check values that types cannot: choices, ranges, languages, and that local paths exist."""
+    from data_prep.languages import get_language  # local: data_prep imports nothing from vlm
+
+    b, llm, loss, data, train = cfg.bridge, cfg.llm, cfg.loss, cfg.data, cfg.train
+    _choice(b.type, BRIDGE_TYPES, "bridge.type")
+    _check(b.num_queries >= 1, "'bridge.num_queries' must be >= 1")
+    _check(b.num_layers >= 1, "'bridge.num_layers' must be >= 1")
+    _check(b.num_heads >= 1 and b.hidden_size % b.num_heads == 0,
+           f"'bridge.hidden_size' ({b.hidden_size}) must be divisible by 'bridge.num_heads' ({b.num_heads})")
+    _check(b.cross_attention_freq >= 1, "'bridge.cross_attention_freq' must be >= 1")
+    _check(0.0 <= b.dropout < 1.0, "'bridge.dropout' must be in [0, 1)")
+    _choice(llm.kind, LLM_KINDS, "llm.kind")
+    _choice(llm.dtype, DTYPES, "llm.dtype")
+    _check(llm.lora_r >= 0, "'llm.lora_r' must be >= 0")
+    _check(llm.max_length >= 4, "'llm.max_length' must be >= 4")
+    _check(loss.lm_weight >= 0 and loss.contrastive_weight >= 0, "loss weights must be >= 0")
+    _check(loss.lm_weight + loss.contrastive_weight > 0, "'loss.lm_weight' and 'loss.contrastive_weight' are both 0")
+    _check(0 < loss.init_temperature < 1, "'loss.init_temperature' must be in (0, 1)")
+    _check(loss.max_logit_scale >= 1.0 / loss.init_temperature,
+           "'loss.max_logit_scale' must be >= 1 / 'loss.init_temperature'")
+    _check(len(data.languages) > 0, "'data.languages' is empty")
+    for code in data.languages:
+        try:
+            get_language(code)
+        except ValueError as err:
+            raise ConfigError(f"'data.languages': {err}") from None
+    _check(len(data.tasks) > 0, "'data.tasks' is empty")
+    for task in data.tasks:
+        _choice(task, TASKS, "data.tasks")
+    _check(len(data.task_weights) == len(data.tasks),
+           f"'data.task_weights' has {len(data.task_weights)} entries for {len(data.tasks)} tasks")
+    _check(all(w >= 0 for w in data.task_weights) and sum(data.task_weights) > 0,
+           "'data.task_weights' must be >= 0 and not all 0")
+    _check(data.image_size >= 8, "'data.image_size' must be >= 8")
+    _check(data.num_workers >= 0, "'data.num_workers' must be >= 0")
+    _check(train.batch_size >= 1, "'train.batch_size' must be >= 1")
+    _check(train.grad_accum >= 1, "'train.grad_accum' must be >= 1")
+    _check(train.max_steps >= 1, "'train.max_steps' must be >= 1")
+    _check(train.lr > 0, "'train.lr' must be > 0")
+    _check(0 <= train.min_lr_ratio <= 1, "'train.min_lr_ratio' must be in [0, 1]")
+    _check(train.warmup_steps >= 0, "'train.warmup_steps' must be >= 0")
+    _check(train.grad_clip >= 0, "'train.grad_clip' must be >= 0 (0 disables clipping)")
+    _check(train.keep_checkpoints >= 1, "'train.keep_checkpoints' must be >= 1")
+    _choice(train.precision, PRECISIONS, "train.precision")
+    _choice(train.distributed, DISTRIBUTED, "train.distributed")
+    _check(all(k >= 1 for k in cfg.eval.ks), "'eval.ks' must be >= 1")
+    _check(not (cfg.vision.visual_weights and cfg.vision.pretrained),
+           "'vision.visual_weights' and 'vision.pretrained' are both set; keep one")
+
+
+def check_paths(cfg: Config) -> None:
+    """Check that every local file the config names exists; run before building a model.
+
+    Separate from `validate` because `vlm demo` makes its parts (the paths its config names) first.
+    """
+    _check(not cfg.vision.model_config_dir or Path(cfg.vision.model_config_dir).is_dir(),
+           f"'vision.model_config_dir': folder not found: {cfg.vision.model_config_dir}")
+    if cfg.vision.name.startswith("local-dir:"):
+        folder = cfg.vision.name[len("local-dir:"):]
+        _check(Path(folder).is_dir(), f"'vision.name': folder not found: {folder}")
+    _check_local_path(cfg.vision.pretrained, "vision.pretrained")
+    _check_local_path(cfg.vision.visual_weights, "vision.visual_weights")
+    _check_local_path(cfg.llm.name, "llm.name")
+    _check_local_path(cfg.llm.tokenizer, "llm.tokenizer")
+
+
+def _check_local_path(value: str, key: str) -> None:
+    """A value that is not a hub id ("org/name") or a tag names a local path, which must exist."""
+    if not value or _HUB_ID.fullmatch(value) or Path(value).expanduser().exists():
+        return
+    raise ConfigError(f"'{key}': path not found: {value}")
+
+
+_HUB_ID = re.compile(r"(hf-hub:)?[\w.-]+(/[\w.-]+)?")

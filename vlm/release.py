@@ -1,0 +1,67 @@
+"""From a training run to a release folder: load a checkpoint into a model, export it, write its card."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from vlm.config import Config, check_paths, config_from_dict
+from vlm.model.vlm import VisionLLM
+from vlm.train import checkpoint
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder, or a run folder whose `checkpoints/latest` is used."""
+    path = Path(path)
+    if (path / checkpoint.WEIGHTS).is_file():
+        return path
+    latest = checkpoint.latest_checkpoint(path)
+    if latest is None:
+        raise FileNotFoundError(f"{path}: neither a checkpoint nor a run folder with checkpoints/latest")
+    return latest
+
+
+def load_from_checkpoint(path: str | Path, cfg: Config | None = None) -> VisionLLM:
+    """Build the model from the checkpoint's saved config (or `cfg`) and load its trainable weights."""
+    folder = resolve_checkpoint(path)
+    if cfg is None:
+        cfg = config_from_dict(json.loads((folder / checkpoint.CONFIG).read_text()))
+    check_paths(cfg)
+    model = VisionLLM(cfg)
+    weights, _ = checkpoint.load_checkpoint(folder)
+    model.load_trainable_state_dict(weights)
+    return model.eval()
+
+
+def model_card(cfg: Config, results: dict | None) -> str:
+    lines = [
+        "# Multilingual vision-LLM",
+        "",
+        f"- image encoder: open_clip `{cfg.vision.name}` (frozen, block {cfg.vision.layer})",
+        f"- bridge: {cfg.bridge.type}, {cfg.bridge.num_queries} queries, {cfg.bridge.num_layers} layers, "
+        f"width {cfg.bridge.hidden_size}",
+        f"- language model: `{cfg.llm.name}` ({cfg.llm.kind}; frozen"
+        + (f", LoRA r={cfg.llm.lora_r} merged" if cfg.llm.lora_r else "")
+        + (", embeddings trained" if cfg.llm.train_embeddings else "") + ")",
+        f"- languages: {', '.join(cfg.data.languages)}",
+        "",
+        "Load with `VisionLLM.from_pretrained(path)`; caption with `vlm caption PATH IMAGE --lang xx`.",
+        "",
+    ]
+    if results:
+        lines += ["## Scores per language", "",
+                  "| lang | i2t R@1 | t2i R@1 | CIDEr | VQA acc | VQA majority |", "|---|---|---|---|---|---|"]
+        for lang in results.get("languages", []):
+            row = results["per_language"].get(lang, {})
+            ret, cap, vqa = row.get("retrieval", {}), row.get("captioning", {}), row.get("vqa", {})
+            cells = [ret.get("i2t_r1"), ret.get("t2i_r1"), cap.get("cider"), vqa.get("overall"), vqa.get("majority_overall")]
+            lines.append(f"| {lang} | " + " | ".join("—" if c is None else f"{c:.1f}" for c in cells) + " |")
+        lines += ["", f"Evaluated on {results.get('n_images', '?')} held-out images."]
+    return "\n".join(lines) + "\n"
+
+
+def export_release(model: VisionLLM, out_dir: str | Path, results: dict | None = None) -> Path:
+    extra = {"README.md": model_card(model.cfg, results)}
+    if results:
+        extra["results.json"] = json.dumps(results, indent=2, ensure_ascii=False) + "\n"
+    return model.save_pretrained(out_dir, extra_files=extra)

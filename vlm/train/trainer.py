@@ -1,0 +1,234 @@
+"""The training loop: one process or torchrun (DDP), gradient accumulation, warm-up + cosine schedule,
+clipping, progress bar, JSONL/TensorBoard metrics, periodic validation and atomic resumable checkpoints."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from vlm.config import Config
+from vlm.data.collate import Collator
+from vlm.data.pipeline import StreamPosition, TrainStream, fixed_batches, make_train_loader, resolve_shards
+from vlm.model.vlm import VisionLLM
+from vlm.train import checkpoint, distributed
+from vlm.train.metrics import MetricsLogger
+from vlm.train.schedule import make_scheduler
+
+log = logging.getLogger(__name__)
+TENSOR_KEYS = ("images", "input_ids", "attention_mask", "labels", "caption_ids", "caption_mask")
+VAL_BATCHES = 8
+
+
+@dataclass
+class TrainResult:
+    model: VisionLLM
+    output_dir: Path
+    checkpoint: Path | None
+    steps: int
+    seconds: float
+    last_metrics: dict[str, float]
+
+
+def use_bf16(cfg: Config, device: torch.device) -> bool:
+    if cfg.train.precision == "auto":
+        return device.type == "cuda"  # bf16 matmuls are about 2x slower than fp32 on CPUs
+    return cfg.train.precision == "bf16"
+
+
+def build_optimizer(model: VisionLLM, cfg: Config) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            # Biases, norms, the query tokens and the temperature are not weight-decayed.
+            (no_decay if param.ndim < 2 or "query_tokens" in name else decay).append(param)
+    groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(0.9, 0.98), eps=1e-6)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if k in TENSOR_KEYS else v) for k, v in batch.items()}
+
+
+class Trainer:
+    def __init__(self, cfg: Config, model: VisionLLM | None = None, resume: bool = False):
+        self.cfg = cfg
+        self.device = distributed.init_distributed()
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        if cfg.train.threads > 0:
+            torch.set_num_threads(cfg.train.threads)
+        self.output_dir = Path(cfg.train.output_dir)
+        train_urls = resolve_shards(cfg.data.train, "train")
+        val_urls = resolve_shards(cfg.data.val, "val") if cfg.data.val else []
+
+        torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+        self.model = (model if model is not None else VisionLLM(cfg)).to(self.device)
+        torch.manual_seed(cfg.train.seed + 1 + self.rank)  # per-rank dropout streams
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.scheduler = make_scheduler(self.optimizer, cfg.train.warmup_steps, cfg.train.max_steps,
+                                        cfg.train.min_lr_ratio)
+        self.step = 0
+        position = StreamPosition()
+        if resume:
+            position = self._restore()
+
+        self.collator = Collator(self.model.tokenizer, cfg.llm.kind, cfg.llm.max_length)
+        transform = self.model.vision.preprocess
+        self.stream = TrainStream(train_urls, cfg.data, transform, self.collator, cfg.train.batch_size,
+                                  cfg.train.seed, self.rank, self.world, position)
+        self.position = position
+        self.val_batches = []
+        if val_urls and cfg.train.eval_every > 0:
+            batches = fixed_batches(val_urls, cfg.data, transform, self.collator, cfg.train.batch_size,
+                                    VAL_BATCHES * self.world, cfg.train.seed)
+            usable = len(batches) // self.world * self.world  # equal counts: the loss gathers across ranks
+            self.val_batches = batches[:usable][self.rank :: self.world]
+
+        self.ddp = self.model
+        if distributed.is_distributed():
+            unused = cfg.loss.lm_weight == 0 or cfg.loss.contrastive_weight == 0
+            self.ddp = DistributedDataParallel(self.model, find_unused_parameters=unused)
+        self.bf16 = use_bf16(cfg, self.device)
+        self.metrics = MetricsLogger(self.output_dir, cfg.train.tensorboard, enabled=distributed.is_main())
+        if distributed.is_main():
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            cfg.save(self.output_dir / "config.json")
+
+    # --- resume --------------------------------------------------------------------------------
+
+    def _restore(self) -> StreamPosition:
+        path = checkpoint.latest_checkpoint(self.output_dir)
+        if path is None:
+            if distributed.is_main():
+                log.warning("--resume: no checkpoint in %s; starting from scratch", self.output_dir / "checkpoints")
+            return StreamPosition()
+        weights, state = checkpoint.load_checkpoint(path)
+        self.model.load_trainable_state_dict(weights)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        ranks = state["ranks"]
+        if len(ranks) != self.world:
+            raise ValueError(f"{path} was written by {len(ranks)} ranks; resuming with {self.world} is not supported")
+        mine = ranks[self.rank]
+        checkpoint.set_rng_state(mine["rng"])
+        if distributed.is_main():
+            log.info("resumed from %s at step %d", path, self.step)
+        return checkpoint.position_from_dict(mine["data"])
+
+    def save(self) -> Path | None:
+        mine = {"rng": checkpoint.rng_state(), "data": checkpoint.position_to_dict(self.position)}
+        per_rank = [mine]
+        if distributed.is_distributed():
+            per_rank = [None] * self.world
+            torch.distributed.all_gather_object(per_rank, mine)
+        path = None
+        if distributed.is_main():
+            path = checkpoint.save_checkpoint(
+                self.output_dir, self.step, self.model.trainable_state_dict(), self.optimizer.state_dict(),
+                self.scheduler.state_dict(), per_rank, self.cfg.to_dict(), self.cfg.train.keep_checkpoints,
+            )
+        distributed.barrier()
+        return path
+
+    # --- loop ----------------------------------------------------------------------------------
+
+    def _forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return self.ddp(to_device(batch, self.device))
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        self.model.eval()
+        sums: dict[str, float] = {}
+        for batch in self.val_batches:
+            out = self._forward(batch)
+            for name, value in out.items():
+                sums[name] = sums.get(name, 0.0) + float(value)
+        self.model.train()
+        names = sorted(sums)
+        totals = distributed.all_reduce_sum(torch.tensor([sums[n] for n in names] + [len(self.val_batches)],
+                                                         dtype=torch.float64))
+        count = max(float(totals[-1]), 1.0)
+        return {f"val_{n}": float(totals[i]) / count for i, n in enumerate(names)}
+
+    def fit(self) -> TrainResult:
+        cfg = self.cfg.train
+        loader = iter(make_train_loader(self.stream, self.cfg.data.num_workers))
+        self.model.train()
+        start = time.time()
+        window: dict[str, float] = {}
+        window_steps, samples, bad_total = 0, 0, 0
+        last: dict[str, float] = {}
+        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (cfg.progress and distributed.is_main()),
+                   desc="train", dynamic_ncols=True)
+        while self.step < cfg.max_steps:
+            for micro in range(cfg.grad_accum):
+                batch = next(loader)
+                self.position.batches += 1
+                self.position.consumed[batch["stream_role"]] = batch["stream_consumed"]
+                bad_total += batch["bad_samples"]
+                sync = micro == cfg.grad_accum - 1 or not isinstance(self.ddp, DistributedDataParallel)
+                with contextlib.nullcontext() if sync else self.ddp.no_sync():
+                    out = self._forward(batch)
+                    (out["loss"] / cfg.grad_accum).backward()
+                for name, value in out.items():
+                    window[name] = window.get(name, 0.0) + float(value.detach()) / cfg.grad_accum
+                samples += batch["images"].shape[0]
+            grad_norm = None
+            if cfg.grad_clip > 0:
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            window_steps += 1
+            bar.update(1)
+
+            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                last = self._log_window(window, window_steps, grad_norm, samples, bad_total, start)
+                bar.set_postfix(loss=f"{last['loss']:.3f}")
+                window, window_steps = {}, 0
+            if cfg.eval_every and self.val_batches and self.step % cfg.eval_every == 0:
+                self.metrics.log("eval", self.step, self.validate())
+            if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.max_steps:
+                self.save()
+            if cfg.max_minutes and time.time() - start > cfg.max_minutes * 60:
+                if distributed.is_main():
+                    log.warning("train.max_minutes=%s reached at step %d; stopping", cfg.max_minutes, self.step)
+                break
+        bar.close()
+        if cfg.eval_every and self.val_batches and self.step % cfg.eval_every != 0:
+            self.metrics.log("eval", self.step, self.validate())
+        path = self.save()
+        self.metrics.close()
+        self.model.eval()
+        return TrainResult(self.model, self.output_dir, path, self.step, time.time() - start, last)
+
+    def _log_window(self, window: dict, steps: int, grad_norm, samples: int, bad_total: int, start: float) -> dict:
+        names = sorted(window)
+        values = torch.tensor([window[n] / steps for n in names] + [samples, bad_total], dtype=torch.float64)
+        values = distributed.all_reduce_sum(values)
+        row = {n: float(values[i]) / self.world for i, n in enumerate(names)}
+        elapsed = time.time() - start
+        row.update({
+            "lr": self.scheduler.get_last_lr()[0],
+            "logit_scale": float(self.model.contrastive_loss.scale().detach()),
+            "samples_per_s": float(values[-2]) / max(elapsed, 1e-9),
+            "bad_samples": int(values[-1]),
+            "elapsed_s": round(elapsed, 2),
+        })
+        if grad_norm is not None:
+            row["grad_norm"] = float(grad_norm)
+        self.metrics.log("train", self.step, row)
+        return row
+
+
+def train(cfg: Config, resume: bool = False, model: VisionLLM | None = None) -> TrainResult:
+    return Trainer(cfg, model=model, resume=resume).fit()
