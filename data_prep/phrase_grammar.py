@@ -31,7 +31,9 @@ _CONTEXT: dict[str, str] = {
     "a_count": "base", "a_colour": "base", "a_shape": "base", "a_where": "base",
 }
 # Answers are the bare word unless a table overrides the template.
-ANSWER_TEMPLATES: dict[str, str] = {"a_count": "{number}", "a_colour": "{colour}", "a_shape": "{noun}", "a_where": "{pos}"}
+ANSWER_TEMPLATES: dict[str, str] = {
+    "a_count": "{number}", "a_colour": "{colour}", "a_shape": "{noun}", "a_where": "{pos}",
+}
 # Template field -> (canonical slot, table section). {noun} is the shape, or the table's "thing" when
 # the meaning has no shape ("what shape is the red object?").
 _FIELDS: dict[str, tuple[str, str]] = {

@@ -26,7 +26,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "orange": (245, 135, 25),
 }
 SIZES: dict[str, float] = {"small": 5.0, "big": 10.0}  # radius in px at 64 px
-# Centres as fractions of the image side. The tuple order is the order objects are mentioned in captions.
+# Centres as fractions of the image side. This order is the order objects are mentioned in captions.
 POSITIONS: dict[str, tuple[float, float]] = {
     "left": (0.25, 0.5),
     "top": (0.5, 0.25),
@@ -71,7 +71,10 @@ class Scene:
 
     @classmethod
     def from_dict(cls, data: dict) -> Scene:
-        return cls([SceneObject(**obj) for obj in data["objects"]])
+        try:
+            return cls([SceneObject(o["shape"], o["colour"], o["size"], o["position"]) for o in data["objects"]])
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"bad scene {data!r}: needs objects with shape, colour, size, position") from err
 
     def in_caption_order(self) -> list[SceneObject]:
         order = list(POSITIONS)
@@ -84,14 +87,18 @@ def generate_scenes(n: int, seed: Seed) -> list[Scene]:
     # Drawn for all scenes at once (per-scene numpy calls cost seconds at 20k scenes).
     counts = np.where(rng.random(n) < P_ONE_OBJECT, 1, 2).tolist()
     positions = np.argsort(rng.random((n, len(POSITIONS))), axis=1).tolist()  # a random order per scene
-    shapes = rng.integers(len(SHAPES), size=(n, 2)).tolist()
-    colours = rng.integers(len(COLOURS), size=(n, 2)).tolist()
-    sizes = rng.integers(len(SIZES), size=(n, 2)).tolist()
-    names = list(POSITIONS), list(COLOURS), list(SIZES)
+    # Indices into each vocabulary, for a second object too even when the scene has one.
+    shapes, colours, sizes = (rng.integers(len(vocab), size=(n, 2)).tolist() for vocab in (SHAPES, COLOURS, SIZES))
+    colour_names, size_names, position_names = list(COLOURS), list(SIZES), list(POSITIONS)
     return [
         Scene(
             [
-                SceneObject(SHAPES[shapes[i][j]], names[1][colours[i][j]], names[2][sizes[i][j]], names[0][positions[i][j]])
+                SceneObject(
+                    SHAPES[shapes[i][j]],
+                    colour_names[colours[i][j]],
+                    size_names[sizes[i][j]],
+                    position_names[positions[i][j]],
+                )
                 for j in range(counts[i])
             ]
         )

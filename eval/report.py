@@ -20,6 +20,7 @@ from matplotlib.figure import Figure  # the OO API renders with Agg and touches 
 
 SMOOTHING = 0.6  # EMA weight, TensorBoard's default: enough to read a trend, raw points stay visible
 _UNSMOOTHED = frozenset({"lr"})  # a schedule is exact; smoothing would only make it lag
+_BOOKKEEPING = frozenset({"step", "time", "elapsed_s"})  # clocks, not training curves
 _RECALL_KEY = re.compile(r"^(i2t|t2i)_r(\d+)$")
 _MISSING = "—"
 
@@ -121,7 +122,7 @@ def _series(records: list[dict]) -> tuple[dict, dict]:
     evals: dict[str, tuple[list, list]] = {}
     for r in records:
         if r.get("kind") == "train":
-            terms = {k: v for k, v in r.items() if k != "step"}
+            terms = {k: v for k, v in r.items() if k not in _BOOKKEEPING}
             target = train
         elif r.get("kind") == "eval":
             terms = {k.removeprefix("val_"): v for k, v in r.items() if k.startswith("val_")}

@@ -49,7 +49,7 @@ def _batches(n: int, size: int):
 def _generate(model: VisionLLM, images: torch.Tensor, prompts: list[str], cfg: EvalConfig, desc: str,
               progress: bool) -> list[str]:
     outputs: list[str] = []
-    for part in tqdm(list(_batches(len(prompts), cfg.batch_size)), desc=desc, disable=not progress, leave=False):
+    for part in tqdm(list(_batches(len(prompts), cfg.batch_size)), desc=desc, disable=None if progress else True, leave=False):
         outputs += model.generate(images[part].to(model.device), prompts[part],
                                   max_new_tokens=cfg.max_new_tokens, num_beams=cfg.num_beams, do_sample=False)
     return outputs

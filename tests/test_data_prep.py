@@ -15,9 +15,10 @@ from PIL import Image
 
 from data_prep.filters import check_translation
 from data_prep.languages import LANGUAGES, get_language, matches_language_script, script_of, validate_languages
-from data_prep.phrase_grammar import EnglishParser, Meaning
+from data_prep.phrase_grammar import EnglishParser, Meaning, Renderer
 from data_prep.phrase_tables import TABLES
-from data_prep.shards import prepare_synthetic, translate_record, translate_records, translate_shards, write_shards
+from data_prep.records import translate_records
+from data_prep.shards import prepare_synthetic, translate_shards, write_shards
 from data_prep.synthetic import (
     COLOURS,
     POSITIONS,
@@ -87,6 +88,19 @@ def test_language_table_lookup_and_validation():
 )
 def test_script_of(text, script):
     assert script_of(text) == script
+
+
+SCRIPT_SAMPLES = {
+    "Latin": "Tiếng Việt", "Cyrillic": "українська", "Greek": "Ελληνικά", "Arabic": "اردو", "Hebrew": "עברית",
+    "Devanagari": "मराठी", "Bengali": "বাংলা", "Tamil": "தமிழ்", "Telugu": "తెలుగు", "Kannada": "ಕನ್ನಡ",
+    "Malayalam": "മലയാളം", "Sinhala": "සිංහල", "Thai": "ภาษาไทย", "Ethiopic": "አማርኛ", "Georgian": "ქართული",
+    "Han": "中文", "Japanese": "日本語です", "Hangul": "한국어",
+}
+
+
+def test_every_table_script_is_detected():
+    for language in LANGUAGES.values():
+        assert matches_language_script(SCRIPT_SAMPLES[language.script], language.code), language
 
 
 def test_matches_language_script():
@@ -191,6 +205,9 @@ def test_english_parser_reads_back_what_synthetic_writes(scenes):
         for o in sorted(scene.objects, key=lambda o: order.index(o.position))
     ]
     assert meaning == Meaning("caption", tuple(expected))
+    english = Renderer(TABLES["en"])
+    texts = [t for s in scenes for t in _texts(s)]
+    assert [english.render(parser.parse(t)) for t in texts] == texts  # every text parses and round-trips
     assert parser.parse("Where is the red circle?") == Meaning("q_where", ({"colour": "red", "shape": "circle"},))
     assert parser.parse("two") == Meaning("a_count", ({"number": "two"},))
 
@@ -257,9 +274,8 @@ def test_out_of_grammar_text_is_none_and_dropped(translator):
                                                                   ("de", ["eins"]), ("hi", ["एक"])]
     assert out[1]["captions"] == {"en": ["a cat on a mat"]}
     assert records[0]["captions"] == {"en": ["a big blue star at the top"]}  # inputs are not modified
-    stats = Counter()
-    assert translate_record(records[1], translator, ["sw"], stats)["captions"] == {"en": ["a cat on a mat"]}
-    assert stats == Counter({"dropped/untranslatable": 1})
+    out, stats = translate_records(records[1:], translator, ["sw"])
+    assert out[0]["captions"] == {"en": ["a cat on a mat"]} and stats == Counter({"dropped/untranslatable": 1})
 
 
 def test_filter_failures_are_counted_by_reason():
@@ -299,6 +315,8 @@ def test_unknown_backend_and_languages(translator, tmp_path):
         translator.translate(["zwei"], "de", "en")
     with pytest.raises(ValueError, match="'xx'"):
         prepare_synthetic(tmp_path, 5, 5, ["de", "xx"])
+    with pytest.raises(ValueError, match="shard_size must be >= 1, got 0"):
+        prepare_synthetic(tmp_path, 5, 5, ["de"], shard_size=0)
     assert not any(tmp_path.iterdir())  # failed before writing anything
 
 
@@ -311,7 +329,7 @@ def _read(urls: list[Path]) -> list[dict]:
 
 def test_prepare_synthetic_round_trip(tmp_path):
     langs = ["de", "zh", "si"]
-    manifest = prepare_synthetic(tmp_path / "a", n_train=50, n_val=12, langs=langs, seed=1, shard_size=20, workers=1)
+    manifest = prepare_synthetic(tmp_path / "a", n_train=50, n_val=12, langs=langs, seed=1, shard_size=20)
     assert manifest["train"] == ["train-000000.tar", "train-000001.tar", "train-000002.tar"]
     assert manifest["val"] == ["val-000000.tar"]
     assert manifest["languages"] == ["en", "de", "zh", "si"] and manifest["n_train"] == 50
@@ -334,8 +352,8 @@ def test_prepare_synthetic_round_trip(tmp_path):
     assert manifest["stats"]["translated"] == n_items
     assert [s["json"]["scene"] for s in val] != [s["json"]["scene"] for s in train[:12]]  # its own seed stream
 
-    # Same seed, more workers: identical samples (each image's seed is fixed by its index, not by who draws it).
-    again = prepare_synthetic(tmp_path / "b", 50, 12, langs, seed=1, shard_size=20, workers=2)
+    # The same seed gives the same samples.
+    again = prepare_synthetic(tmp_path / "b", 50, 12, langs, seed=1, shard_size=20)
     assert again["train"] == manifest["train"]
     train_b = _read([tmp_path / "b" / name for name in again["train"]])
     assert [s["json"] for s in train_b] == [s["json"] for s in train]
@@ -349,7 +367,7 @@ def test_write_shards_replaces_an_older_set(tmp_path):
     second = write_shards(samples[:2], tmp_path, "x", maxcount=3)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x-000000.tar"] == [p.name for p in second]
     back = list(wds.WebDataset([str(second[0])], shardshuffle=False).decode())
-    assert [(s["txt"], s["json"]) for s in back] == [("sample 0", {"i": 0, "s": "ශ්‍රී"}), ("sample 1", {"i": 1, "s": "ශ්‍රී"})]
+    assert [(s["txt"], s["json"]) for s in back] == [(f"sample {i}", {"i": i, "s": "ශ්‍රී"}) for i in range(2)]
     assert write_shards([], tmp_path, "x", maxcount=3) == [] and not list(tmp_path.iterdir())
 
 
@@ -368,7 +386,8 @@ def test_translate_shards_on_img2dataset_shards(tmp_path):
         raw.append({"__key__": f"{i:09d}", "jpg": _jpeg((rng.randrange(256), 0, 0)), "txt": caption, "json": meta})
     raw.append({"__key__": "000000100", "txt": "a big red star at the top"})  # no image: skipped
     raw.append({"__key__": "000000101", "jpg": _jpeg((0, 0, 0))})  # no caption: skipped
-    raw.append({"__key__": "000000102", "png": _jpeg((0, 0, 0)), "json": {"captions": {"en": "a big red star at the top"}}})
+    json_only = {"captions": {"en": "a big red star at the top"}}  # a string, not a list: accepted
+    raw.append({"__key__": "000000102", "png": _jpeg((0, 0, 0)), "json": json_only})
     urls = write_shards(raw, tmp_path / "in", "img", maxcount=4)
 
     summary = translate_shards([str(u) for u in urls], tmp_path / "out", ["de", "ja"], "phrase_table", maxcount=3)
@@ -388,7 +407,7 @@ def test_translate_shards_on_img2dataset_shards(tmp_path):
         else:
             assert record["captions"]["de"] == make_translator("phrase_table").translate([caption], "en", "de")
             assert " " not in record["captions"]["ja"][0]
-    json_only = json.loads(by_key["000000102"]["json"])
+    record = json.loads(by_key["000000102"]["json"])
     assert by_key["000000102"]["png"] == raw[-1]["png"]
-    assert json_only["captions"]["de"] == ["ein großer roter Stern oben"]
-    assert json_only["captions"]["ja"] == ["上部に大きい赤い星があります"]
+    assert record["captions"] == {"en": ["a big red star at the top"], "de": ["ein großer roter Stern oben"],
+                                  "ja": ["上部に大きい赤い星があります"]}

@@ -3,6 +3,8 @@ LMs, and batched generation that matches one-by-one generation."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -128,3 +130,25 @@ def test_kind_mismatch_is_a_clear_error(tiny_parts, tmp_path):
     cfg = tiny_parts.config(tmp_path, f"llm.name={tiny_parts.seq2seq}")  # seq2seq weights, kind causal
     with pytest.raises(ValueError, match="encoder-decoder"):
         VisionLLM(cfg)
+
+
+def test_open_clip_name_plus_local_weights_file(tiny_parts, tmp_path):
+    """The `name + pretrained` route a hub tag takes, with a local checkpoint file as the tag."""
+    from safetensors.torch import load_file
+
+    from vlm.config import VisionConfig
+    from vlm.model.vision import ImageEncoder
+
+    weights = tiny_parts.clip / "open_clip_model.safetensors"
+    configs = Path(__file__).resolve().parent.parent / "configs" / "open_clip"
+    cfg = VisionConfig(name="tiny-test-vit", pretrained=str(weights), model_config_dir=str(configs))
+    by_name = ImageEncoder(cfg)
+    by_dir = ImageEncoder(VisionConfig(name=f"local-dir:{tiny_parts.clip}"))
+    saved = {k[len("visual."):]: v for k, v in load_file(weights).items() if k.startswith("visual.")}
+    for key, value in by_name.visual.state_dict().items():
+        assert torch.equal(value, saved[key]), key
+        assert torch.equal(value, by_dir.visual.state_dict()[key]), key
+    images = torch.randn(2, 3, 32, 32)
+    assert torch.equal(by_name(images), by_dir(images))
+    with pytest.raises(ValueError, match="outside the 2 blocks"):
+        ImageEncoder(VisionConfig(name=f"local-dir:{tiny_parts.clip}", layer=5))

@@ -44,7 +44,9 @@ def test_short_run_loss_falls(tiny_parts, tmp_path):
 
 def test_resume_continues_exactly(tiny_parts, tmp_path):
     """Resuming from the step-3 checkpoint reproduces the next steps' losses of the uninterrupted run."""
-    args = ["train.max_steps=6", "train.save_every=3", "data.num_workers=2", "train.lr=3e-3"]
+    # dropout on, so the restored RNG state matters too
+    args = ["train.max_steps=6", "train.save_every=3", "data.num_workers=2", "train.lr=3e-3",
+            "bridge.dropout=0.1", "llm.lora_dropout=0.1"]
     straight = tmp_path / "straight"
     train(tiny_parts.config(straight, *args))
     reference = _train_losses(straight)

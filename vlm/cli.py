@@ -73,7 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # Overrides may come after options (`vlm eval RUN --out X eval.max_images=8`).
+    if extra:
+        if any(item.startswith("-") or "=" not in item for item in extra) or not hasattr(args, "overrides"):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = list(args.overrides) + extra
     logging.basicConfig(level=logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "root", "open_clip"):
@@ -124,9 +130,12 @@ def cmd_train(args) -> int:
     resolve_shards(cfg.data.train, "train")  # missing shards fail here, before the model is built
     if cfg.data.val:
         resolve_shards(cfg.data.val, "val")
+    from vlm.train import distributed
+
     result = train(cfg, resume=args.resume)
     if result.checkpoint is not None:
         print(f"checkpoint: {result.checkpoint}")
+    distributed.shutdown()
     return 0
 
 

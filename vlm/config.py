@@ -140,7 +140,7 @@ class DemoConfig:
     n_val: int = 300
     clip_model: str = "demo-tiny-vit"  # an open_clip architecture, from vision.model_config_dir
     clip_batch_size: int = 64
-    clip_lr: float = 1e-3
+    clip_lr: float = 5e-4
     clip_steps: int = 300
     tokenizer_vocab_size: int = 2048
     lm_hidden_size: int = 160

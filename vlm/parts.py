@@ -22,7 +22,6 @@ from tqdm import tqdm
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from vlm.config import DemoConfig
-from vlm.data.collate import Collator
 from vlm.data.pipeline import read_records, read_samples
 from vlm.data.templates import caption_prompt, vqa_prompt
 from vlm.model.llm import IGNORE_INDEX
@@ -73,13 +72,15 @@ def train_causal_lm(pairs: list[tuple[str, str]], tokenizer, cfg: DemoConfig, se
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id)
     model = Qwen2ForCausalLM(config)
-    collator = Collator(tokenizer, "causal", max_length=96)
-    rows = [sum(collator.encode(p, t), []) for p, t in pairs]  # prompt + target + eos, all supervised
+    # prompt + target + eos, every token supervised; tokenised in one batched call per side
+    prompts = tokenizer([p for p, _ in pairs])["input_ids"]
+    targets = tokenizer([" " + t for _, t in pairs], add_special_tokens=False)["input_ids"]
+    rows = [(p + t)[:95] + [tokenizer.eos_token_id] for p, t in zip(prompts, targets)]
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lm_lr, weight_decay=0.01)
     rng = random.Random(seed)
     model.train()
     loss = torch.tensor(float("nan"))
-    for step in tqdm(range(cfg.lm_steps), desc="demo LM", dynamic_ncols=True):
+    for step in tqdm(range(cfg.lm_steps), desc="demo LM", dynamic_ncols=True, disable=None):
         batch = rng.sample(rows, min(cfg.lm_batch_size, len(rows)))
         width = max(len(r) for r in batch)
         ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in batch])
@@ -96,6 +97,9 @@ def train_causal_lm(pairs: list[tuple[str, str]], tokenizer, cfg: DemoConfig, se
     return model.eval()
 
 
+MAX_LM_PAIRS = 100_000  # a random subset: more than the LM sees in its steps, and quick to tokenise
+
+
 def make_language_model(urls: list[str], languages: list[str], cfg: DemoConfig, out_dir: Path,
                         tokenizer_dir: Path) -> dict:
     """Tokenizer + LM trained on the translated text, each saved with `save_pretrained`.
@@ -105,6 +109,8 @@ def make_language_model(urls: list[str], languages: list[str], cfg: DemoConfig, 
     """
     start = time.time()
     pairs = lm_corpus(urls, languages)
+    if len(pairs) > MAX_LM_PAIRS:
+        pairs = random.Random(cfg.seed).sample(pairs, MAX_LM_PAIRS)
     tokenizer = train_tokenizer([f"{p} {t}" for p, t in pairs], cfg.tokenizer_vocab_size)
     model = train_causal_lm(pairs, tokenizer, cfg, cfg.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -131,7 +137,7 @@ def train_clip(urls: list[str], cfg: DemoConfig, model_name: str, seed: int) -> 
     rng = random.Random(seed)
     model.train()
     loss = torch.tensor(float("nan"))
-    for step in tqdm(range(cfg.clip_steps), desc="demo CLIP", dynamic_ncols=True):
+    for step in tqdm(range(cfg.clip_steps), desc="demo CLIP", dynamic_ncols=True, disable=None):
         idx = torch.tensor(rng.sample(range(len(captions)), min(cfg.clip_batch_size, len(captions))))
         factor = warmup_cosine(step, 20, cfg.clip_steps, 0.0)
         for group in optimizer.param_groups:
@@ -139,6 +145,7 @@ def train_clip(urls: list[str], cfg: DemoConfig, model_name: str, seed: int) -> 
         out = model(images_t[idx], texts_t[idx])
         loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # CLIP from scratch is prone to collapse
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():

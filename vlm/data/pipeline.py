@@ -212,8 +212,10 @@ class TrainStream(IterableDataset):
 
 
 def make_train_loader(stream: TrainStream, num_workers: int) -> DataLoader:
-    return DataLoader(stream, batch_size=None, num_workers=num_workers,
-                      persistent_workers=False, prefetch_factor=4 if num_workers else None)
+    # Its own generator: drawing worker seeds must not advance the global RNG that dropout uses,
+    # or a resumed run would drift from an uninterrupted one.
+    return DataLoader(stream, batch_size=None, num_workers=num_workers, persistent_workers=False,
+                      prefetch_factor=4 if num_workers else None, generator=torch.Generator().manual_seed(stream.seed))
 
 
 def fixed_batches(urls: list[str], cfg: DataConfig, transform, collator: Collator, batch_size: int,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 from pathlib import Path
 
 import open_clip
@@ -35,13 +37,24 @@ def create_open_clip(cfg: VisionConfig) -> tuple[nn.Module, object, dict]:
         if architecture is None:
             raise ValueError(f"vision.name: unknown open_clip model '{cfg.name}' "
                              f"(add its JSON folder as vision.model_config_dir)")
-    load_weights = not cfg.visual_weights
-    model, _, preprocess = open_clip.create_model_and_transforms(
-        cfg.name, pretrained=(cfg.pretrained or None), load_weights=load_weights
-    )
     if cfg.visual_weights:
+        # open_clip would warn that the model is "initialized randomly"; the weights follow, strictly.
+        with _quiet_root_logger():
+            model, _, preprocess = open_clip.create_model_and_transforms(cfg.name, load_weights=False)
         model.visual.load_state_dict(load_file(cfg.visual_weights), strict=True)
+    else:
+        model, _, preprocess = open_clip.create_model_and_transforms(cfg.name, pretrained=(cfg.pretrained or None))
     return model, preprocess, architecture
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    level = logging.root.level
+    logging.root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.root.setLevel(level)
 
 
 class ImageEncoder(nn.Module):

@@ -166,7 +166,7 @@ class Trainer:
         window: dict[str, float] = {}
         window_steps, samples, bad_total = 0, 0, 0
         last: dict[str, float] = {}
-        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (cfg.progress and distributed.is_main()),
+        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=None if cfg.progress and distributed.is_main() else True,
                    desc="train", dynamic_ncols=True)
         while self.step < cfg.max_steps:
             for micro in range(cfg.grad_accum):

@@ -1,0 +1,72 @@
+"""Export -> from_pretrained gives the same model; the CLI captions with a release and evaluates it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from data_prep.synthetic import generate_scenes, render
+from vlm.cli import main
+from vlm.data.collate import Collator
+from vlm.data.pipeline import fixed_batches, resolve_shards
+from vlm.data.templates import caption_prompt, vqa_prompt
+from vlm.model.vlm import VisionLLM
+from vlm.release import load_from_checkpoint
+from vlm.train.trainer import train
+
+
+@pytest.mark.parametrize("kind", ["causal", "seq2seq"])
+def test_release_round_trip_gives_identical_outputs(tiny_parts, tmp_path, kind):
+    run = tmp_path / "run"
+    train(tiny_parts.config(run, "train.max_steps=3", "train.lr=3e-3", kind=kind))
+    assert main(["export", str(run), "--out", str(tmp_path / "release")]) == 0
+    trained = load_from_checkpoint(run)
+    released = VisionLLM.from_pretrained(tmp_path / "release")
+    files = {p.name for p in (tmp_path / "release").iterdir()}
+    assert {"config.json", "model.safetensors", "vision", "llm", "tokenizer", "README.md"} <= files
+    assert not any("lora" in k for k in released.state_dict())  # LoRA merged into the LLM weights
+
+    cfg = trained.cfg
+    collator = Collator(trained.tokenizer, kind, cfg.llm.max_length)
+    batch = fixed_batches(resolve_shards(cfg.data.val, "val"), cfg.data, trained.vision.preprocess, collator,
+                          batch_size=6, max_batches=1, seed=0)[0]
+    with torch.no_grad():
+        a, b = trained(batch), released(batch)
+    for name in ("lm", "itc"):
+        assert a[name].item() == pytest.approx(b[name].item(), rel=1e-5, abs=1e-6)
+    assert torch.allclose(trained.encode_image(batch["images"]), released.encode_image(batch["images"]), atol=1e-5)
+    texts = ["a small red circle on the left", "左边有一个小的红色圆形"]
+    assert torch.allclose(trained.encode_text(texts), released.encode_text(texts), atol=1e-5)
+    prompts = [caption_prompt("de"), vqa_prompt("how many shapes are there?", "en")] * 3
+    assert trained.generate(batch["images"], prompts, max_new_tokens=6) == \
+        released.generate(batch["images"], prompts, max_new_tokens=6)
+
+
+def test_cli_caption_ask_and_eval_with_a_release(tiny_parts, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(tiny_parts.config(run, "train.max_steps=2"))
+    assert main(["export", str(run), "--out", str(tmp_path / "release")]) == 0
+    image = tmp_path / "scene.png"
+    render(generate_scenes(1, seed=5)[0], image_size=32, seed=5).save(image)
+    capsys.readouterr()
+    assert main(["caption", str(tmp_path / "release"), str(image), "--lang", "zh", "--max-new-tokens", "4"]) == 0
+    caption = capsys.readouterr().out.strip()
+    released = VisionLLM.from_pretrained(tmp_path / "release")
+    from PIL import Image
+
+    pixels = released.vision.preprocess(Image.open(image).convert("RGB")).unsqueeze(0)
+    assert caption == released.generate(pixels, [caption_prompt("zh")], max_new_tokens=4)[0]
+    assert main(["ask", str(tmp_path / "release"), str(image), "how many shapes are there?"]) == 0
+    assert main(["caption", str(tmp_path / "release"), str(tmp_path / "missing.png")]) == 2
+
+    assert main(["eval", str(tmp_path / "release"), "--out", str(tmp_path / "eval"), "eval.max_images=8",
+                 "data.languages=[en,zh]"]) == 0
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert results["languages"] == ["en", "zh"] and results["n_images"] == 8
+    en = results["per_language"]["en"]
+    assert {"retrieval", "captioning", "vqa"} <= set(en)
+    assert en["retrieval"]["chance_t2i_r1"] == pytest.approx(100 / 8)
+    assert Path(tmp_path / "eval" / "report.md").is_file()
