@@ -42,9 +42,9 @@ def make_parts(root: Path) -> dict[str, Path]:
     tokenizer = train_tokenizer(SENTENCES, 1024)
     tokenizer.save_pretrained(root / "tokenizer")
     common = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    Qwen2ForCausalLM(Qwen2Config(hidden_size=160, intermediate_size=480, num_hidden_layers=4, num_attention_heads=4,
+    Qwen2ForCausalLM(Qwen2Config(hidden_size=128, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4,
                                  num_key_value_heads=4, tie_word_embeddings=True, **common)).save_pretrained(root / "causal")
-    T5ForConditionalGeneration(T5Config(d_model=160, d_kv=40, d_ff=480, num_layers=2, num_decoder_layers=2, num_heads=4,
+    T5ForConditionalGeneration(T5Config(d_model=128, d_kv=32, d_ff=384, num_layers=2, num_decoder_layers=2, num_heads=4,
                                         decoder_start_token_id=tokenizer.pad_token_id, **common)).save_pretrained(root / "seq2seq")
     return {"clip": root / "clip", "tokenizer": root / "tokenizer", "causal": root / "causal", "seq2seq": root / "seq2seq"}
 
@@ -86,8 +86,10 @@ def time_variant(parts: dict, overrides: list[str], steps: int, bf16: bool) -> d
 VARIANTS = [
     ("demo config (causal, LoRA r=8 + embeddings), fp32", [], False),
     ("same, bf16 autocast", [], True),
-    ("no LoRA, embeddings frozen", ["llm.lora_r=0", "llm.train_embeddings=false"], False),
-    ("seq2seq (T5 layout), fp32", ["llm.kind=seq2seq"], False),
+    ("LoRA only (embeddings frozen)", ["llm.train_embeddings=false"], False),
+    ("embeddings only (no LoRA)", ["llm.lora_r=0"], False),
+    ("bridge + heads only (no LoRA, embeddings frozen)", ["llm.lora_r=0", "llm.train_embeddings=false"], False),
+    ("seq2seq (T5, 2+2 layers), fp32", ["llm.kind=seq2seq"], False),
     ("batch 64", ["train.batch_size=64"], False),
 ]
 

@@ -99,3 +99,9 @@ def test_console_script_exit_code(tmp_path):
 
 def test_defaults_are_valid():
     config_from_dict(Config().to_dict())
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_is_valid(path):
+    cfg = load_config(path)
+    assert cfg.data.languages and cfg.train.max_steps > 0
