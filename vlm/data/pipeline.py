@@ -157,8 +157,9 @@ class StreamPosition:
 
 
 class TrainStream(IterableDataset):
-    """Endless batches for one rank. Worker `w` plays role `(w + start_batch) % num_roles`, so after a
-    resume the DataLoader's round-robin over workers continues with the role that was next."""
+    """Endless batches for one rank. Each worker role reads its own slice of the rank's shards. Worker `w`
+    plays role `(w + position.batches) % num_roles`, so after a resume the DataLoader's round-robin over
+    workers continues with the role whose batch was next."""
 
     def __init__(self, urls: list[str], cfg: DataConfig, transform, collator: Collator, batch_size: int,
                  seed: int, rank: int, world_size: int, position: StreamPosition | None = None):
