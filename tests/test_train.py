@@ -119,3 +119,12 @@ def test_too_few_shards_is_a_clear_error(tiny_parts, tmp_path):
     cfg = tiny_parts.config(tmp_path, "data.num_workers=8")
     with pytest.raises(ValueError, match="shards for 1 ranks x 8 workers"):
         train(cfg)
+
+
+def test_fresh_run_refuses_to_overwrite_checkpoints(tiny_parts, tmp_path, capsys):
+    train(tiny_parts.config(tmp_path, "train.max_steps=2"))
+    before = (tmp_path / "checkpoints" / "step-0000002" / "trainable.safetensors").read_bytes()
+    demo = Path(__file__).parent.parent / "configs" / "demo.yaml"
+    assert main(["train", str(demo), *tiny_parts.overrides(tmp_path), "train.max_steps=2"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert (tmp_path / "checkpoints" / "step-0000002" / "trainable.safetensors").read_bytes() == before

@@ -8,6 +8,7 @@ results.json + report; a release folder, reloaded and used to caption an image.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -64,6 +65,8 @@ def run_demo(cfg: Config, progress: bool = True) -> dict:
     stage("lm", t)
 
     check_paths(cfg)  # the parts now exist where the config points
+    for previous in ("checkpoints", "tensorboard"):  # the demo starts over: its last run is replaced
+        shutil.rmtree(out_dir / previous, ignore_errors=True)
     t = time.time()
     result = train(cfg)
     stage("align", t)

@@ -8,14 +8,15 @@ from pathlib import Path
 
 
 class MetricsLogger:
-    def __init__(self, output_dir: Path, tensorboard: bool, enabled: bool = True):
+    def __init__(self, output_dir: Path, tensorboard: bool, enabled: bool = True, append: bool = False):
         self.enabled = enabled
         self.path = output_dir / "metrics.jsonl"
         self.writer = None
         if not enabled:
             return
         output_dir.mkdir(parents=True, exist_ok=True)
-        self.file = self.path.open("a", encoding="utf-8")
+        # A resumed run continues its metrics file; a fresh one starts it over.
+        self.file = self.path.open("a" if append else "w", encoding="utf-8")
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter

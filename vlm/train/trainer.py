@@ -64,6 +64,9 @@ class Trainer:
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
         self.output_dir = Path(cfg.train.output_dir)
+        if not resume and checkpoint.latest_checkpoint(self.output_dir) is not None:
+            raise FileExistsError(f"{self.output_dir} already holds checkpoints; pass --resume to continue "
+                                  f"or choose another train.output_dir")
         train_urls = resolve_shards(cfg.data.train, "train")
         val_urls = resolve_shards(cfg.data.val, "val") if cfg.data.val else []
 
@@ -95,7 +98,8 @@ class Trainer:
             unused = cfg.loss.lm_weight == 0 or cfg.loss.contrastive_weight == 0
             self.ddp = DistributedDataParallel(self.model, find_unused_parameters=unused)
         self.bf16 = use_bf16(cfg, self.device)
-        self.metrics = MetricsLogger(self.output_dir, cfg.train.tensorboard, enabled=distributed.is_main())
+        self.metrics = MetricsLogger(self.output_dir, cfg.train.tensorboard, enabled=distributed.is_main(),
+                                     append=resume)
         if distributed.is_main():
             self.output_dir.mkdir(parents=True, exist_ok=True)
             cfg.save(self.output_dir / "config.json")
