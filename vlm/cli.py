@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from vlm.config import ConfigError, check_paths, load_config
@@ -84,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "root", "open_clip"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # peft calls a transformers property that transformers 5 deprecates; nothing a user can act on.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     try:
         return COMMANDS[args.command](args)
     except (ConfigError, FileNotFoundError, FileExistsError) as err:
