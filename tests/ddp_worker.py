@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import sys
 
-import torch
 import torch.distributed as dist
 
 from vlm.config import load_config

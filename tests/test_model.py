@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vlm.config import LLMConfig
 from vlm.data.collate import Collator, Example
-from vlm.model.llm import IGNORE_INDEX
+from vlm.model.llm import IGNORE_INDEX, load_tokenizer
 from vlm.model.vlm import VisionLLM
 
 
@@ -53,10 +54,6 @@ def test_causal_labels_mask_prompt_and_padding(causal):
 
 
 def test_seq2seq_labels_are_the_target(tiny_parts):
-    from tests.conftest import LANGUAGES  # noqa: F401  (the fixture's languages)
-    from vlm.model.llm import load_tokenizer
-    from vlm.config import LLMConfig
-
     tokenizer = load_tokenizer(LLMConfig(name=str(tiny_parts.tokenizer)))
     collator = Collator(tokenizer, "seq2seq", max_length=48)
     batch = collator(_examples(2))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -13,6 +14,8 @@ import torch
 from vlm.cli import main
 from vlm.data.collate import Collator
 from vlm.data.pipeline import StreamPosition, TrainStream, resolve_shards
+from vlm.model.llm import load_tokenizer
+from vlm.model.vision import create_open_clip
 from vlm.train.checkpoint import LATEST, latest_checkpoint, load_checkpoint
 from vlm.train.metrics import read_metrics
 from vlm.train.trainer import train
@@ -55,8 +58,6 @@ def test_resume_continues_exactly(tiny_parts, tmp_path):
     (resumed / "checkpoints").mkdir(parents=True)
     step3 = straight / "checkpoints" / "step-0000003"
     assert step3.is_dir()
-    import shutil
-
     shutil.copytree(step3, resumed / "checkpoints" / step3.name)
     (resumed / "checkpoints" / LATEST).write_text(step3.name + "\n")
     cfg_overrides = tiny_parts.overrides(resumed) + args
@@ -97,11 +98,7 @@ def test_bad_samples_are_skipped_and_counted(tiny_parts, tmp_path):
     assert broken > 0
     bad_urls = [str(tmp_path / Path(u).name) for u in urls]
     cfg = tiny_parts.config(tmp_path / "run")
-    from vlm.model.vision import create_open_clip
-
     _, transform, _ = create_open_clip(cfg.vision)
-    from vlm.model.llm import load_tokenizer
-
     collator = Collator(load_tokenizer(cfg.llm), "causal", 48)
     stream = TrainStream(bad_urls, cfg.data, transform, collator, batch_size=8, seed=0, rank=0, world_size=1,
                          position=StreamPosition())
