@@ -22,6 +22,7 @@ from tqdm import tqdm
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from vlm.config import DemoConfig
+from vlm.data.collate import Collator
 from vlm.data.pipeline import read_records, read_samples
 from vlm.data.templates import caption_prompt, vqa_prompt
 from vlm.model.llm import IGNORE_INDEX
@@ -72,10 +73,9 @@ def train_causal_lm(pairs: list[tuple[str, str]], tokenizer, cfg: DemoConfig, se
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id)
     model = Qwen2ForCausalLM(config)
-    # prompt + target + eos, every token supervised; tokenised in one batched call per side
-    prompts = tokenizer([p for p, _ in pairs])["input_ids"]
-    targets = tokenizer([" " + t for _, t in pairs], add_special_tokens=False)["input_ids"]
-    rows = [(p + t)[:95] + [tokenizer.eos_token_id] for p, t in zip(prompts, targets)]
+    # The alignment stage's own encoding (prompt + target + eos), with every token supervised here.
+    encoded = Collator(tokenizer, "causal", max_length=96).encode_many([p for p, _ in pairs], [t for _, t in pairs])
+    rows = [prompt_ids + target_ids for prompt_ids, target_ids in encoded]
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lm_lr, weight_decay=0.01)
     rng = random.Random(seed)
     model.train()

@@ -39,20 +39,25 @@ class Collator:
         self.pad_id = tokenizer.pad_token_id
         self.eos_id = tokenizer.eos_token_id
 
-    def encode(self, prompt: str, target: str) -> tuple[list[int], list[int]]:
-        """Prompt ids (with the tokenizer's own special tokens) and target ids ending in eos."""
-        prompt_ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    def encode_many(self, prompts: list[str], targets: list[str]) -> list[tuple[list[int], list[int]]]:
+        """Per pair: prompt ids (with the tokenizer's own special tokens) and target ids ending in eos,
+        truncated to `max_length` together (the target is kept first). One batched tokenizer call per side."""
+        prompt_rows = self.tokenizer(prompts, add_special_tokens=True)["input_ids"]
         # A causal LM reads the target right after the prompt, so it starts with a space there.
-        text = " " + target if self.kind == "causal" else target
-        target_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"][: self.max_length - 1]
-        target_ids = target_ids + [self.eos_id]
-        prompt_ids = prompt_ids[: max(self.max_length - len(target_ids), 1)]
-        return prompt_ids, target_ids
+        texts = [" " + t for t in targets] if self.kind == "causal" else list(targets)
+        target_rows = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        pairs = []
+        for prompt_ids, target_ids in zip(prompt_rows, target_rows):
+            target_ids = target_ids[: self.max_length - 1] + [self.eos_id]
+            pairs.append((prompt_ids[: max(self.max_length - len(target_ids), 1)], target_ids))
+        return pairs
+
+    def encode(self, prompt: str, target: str) -> tuple[list[int], list[int]]:
+        return self.encode_many([prompt], [target])[0]
 
     def text_batch(self, prompts: list[str], targets: list[str]) -> dict[str, torch.Tensor]:
         ids, labels, masks = [], [], []
-        for prompt, target in zip(prompts, targets):
-            prompt_ids, target_ids = self.encode(prompt, target)
+        for prompt_ids, target_ids in self.encode_many(prompts, targets):
             if self.kind == "causal":
                 ids.append(prompt_ids + target_ids)
                 labels.append([IGNORE_INDEX] * len(prompt_ids) + target_ids)
