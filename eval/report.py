@@ -7,8 +7,11 @@ Expected `results` (every section of a language is optional; percentages, CIDEr 
         "retrieval": {"i2t_r{k}", "t2i_r{k}", "chance_i2t_r{k}", "chance_t2i_r{k}"},
         "captioning": {"cider", "bleu", "fidelity", "majority_cider",
                        "samples": [{"image", "reference", "hypothesis"}]},
-        "vqa": {"overall", "majority_overall", "n", "by_type": {type: {"accuracy", "majority", "n"}}}}},
+        "vqa": {"overall", "majority_overall", "n", "by_type": {type: {"accuracy", "majority", "n"}}},
+        "experts": [mean routing weight per expert]}},   # MoE bridges only
+     "bridge": "qformer" | "moe" | "mlp",
      "timings": {stage: seconds}}
+Retrieval may also hold "ranked_by" and, after ITM re-ranking, "itm_i2t_r{k}", "itm_t2i_r{k}", "itm_rerank_k".
 """
 
 import json
@@ -77,6 +80,37 @@ def _vqa_type_table(languages: list[str], per_language: dict) -> list[str]:
             score = _fmt(s.get("accuracy"), s.get("majority"))
             rows.append(f"| {lang} | {_cell(qtype)} | {score} | {s.get('n', _MISSING)} |")
     return rows if len(rows) > 2 else []
+
+
+def _itm_table(languages: list[str], per_language: dict) -> list[str]:
+    ks = sorted({int(m[2]) for scores in per_language.values() for key in scores.get("retrieval", {})
+                 if (m := re.match(r"^itm_(i2t|t2i)_r(\d+)$", key))})
+    if not ks:
+        return []
+    header = ["lang"] + [f"{d} R@{k} ITC → ITM" for d in ("i2t", "t2i") for k in ks]
+    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for lang in languages:
+        ret = per_language.get(lang, {}).get("retrieval", {})
+        cells = [f"{_fmt(ret.get(f'{d}_r{k}'))} → {_fmt(ret.get(f'itm_{d}_r{k}'))}" for d in ("i2t", "t2i") for k in ks]
+        rows.append("| " + " | ".join([lang] + cells) + " |")
+    return rows
+
+
+def _expert_table(languages: list[str], usage: dict[str, list[float]]) -> list[str]:
+    """Mean routing weight (%) per expert and language."""
+    n = max((len(v) for v in usage.values()), default=0)
+    if not n:
+        return []
+    rows = ["| lang | " + " | ".join(f"e{i}" for i in range(n)) + " |", "|" + "---|" * (n + 1)]
+    for lang in languages:
+        if lang in usage:
+            rows.append(f"| {lang} | " + " | ".join(f"{100 * w:.1f}" for w in usage[lang]) + " |")
+    return rows
+
+
+def _last_routing(records: list[dict]) -> dict[str, list[float]]:
+    rows = [r for r in records if r.get("kind") == "routing"]
+    return {k: v for k, v in rows[-1].items() if isinstance(v, list)} if rows else {}
 
 
 def _samples(languages: list[str], per_language: dict) -> list[str]:
@@ -218,6 +252,13 @@ def write_report(results: dict, out_dir: Path, metrics_path: Path | None = None)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     lines = ["# Evaluation report", "", f"Languages: {', '.join(languages)}"]
+    if "bridge" in results:
+        lines.append(f"Bridge: {results['bridge']}")
+    ranked_by = {s.get("retrieval", {}).get("ranked_by") for s in per_language.values()} - {None}
+    if ranked_by:
+        lines.append("Retrieval ranked by: " + ", ".join(sorted(ranked_by)) +
+                     " (itc: the Q-Former's ITC, max over queries; contrastive: pooled visual tokens vs LLM "
+                     "caption embeddings)")
     if "n_images" in results:
         lines.append(f"Images per language: {results['n_images']}")
     lines += [
@@ -234,6 +275,12 @@ def write_report(results: dict, out_dir: Path, metrics_path: Path | None = None)
         lines += ["![scores per language](per_language.png)", ""]
     if type_rows := _vqa_type_table(languages, per_language):
         lines += ["### VQA by question type", "", *type_rows, ""]
+    if itm_rows := _itm_table(languages, per_language):
+        lines += ["### Retrieval re-ranked by ITM (BLIP-2 protocol: ITM logit + ITC score on the top-k)", "",
+                  *itm_rows, ""]
+    usage = {lang: s["experts"] for lang, s in per_language.items() if s.get("experts")}
+    if expert_rows := _expert_table(languages, usage):
+        lines += ["### MoE expert usage on the evaluation images (mean routing weight, %)", "", *expert_rows, ""]
 
     if metrics_path is not None:
         records, skipped = _read_metrics(Path(metrics_path))
@@ -246,6 +293,9 @@ def write_report(results: dict, out_dir: Path, metrics_path: Path | None = None)
             lines += [f"No train/eval records in `{metrics_path}`.", ""]
         if skipped:
             lines += [f"{skipped} malformed line(s) in the metrics file were skipped.", ""]
+        if routing_rows := _expert_table(languages, _last_routing(records)):
+            lines += ["### MoE expert usage in training (last logging window, mean routing weight, %)", "",
+                      *routing_rows, ""]
 
     if sample_lines := _samples(languages, per_language):
         lines += ["## Sample captions", "", *sample_lines]

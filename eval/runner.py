@@ -55,9 +55,30 @@ def _generate(model: VisionLLM, images: torch.Tensor, prompts: list[str], cfg: E
     return outputs
 
 
-def _encode_images(model: VisionLLM, images: torch.Tensor, batch_size: int) -> torch.Tensor:
-    return torch.cat([model.encode_image(images[p].to(model.device)).float().cpu()
+def _encode_images(model: VisionLLM, images: torch.Tensor, batch_size: int, lang: str) -> torch.Tensor:
+    return torch.cat([model.encode_image(images[p].to(model.device), lang=lang).float().cpu()
                       for p in _batches(len(images), batch_size)])
+
+
+def rerank_with_itm(sim: torch.Tensor, score_pairs: Callable[[list[int], list[int]], torch.Tensor],
+                    k: int) -> torch.Tensor:
+    """BLIP-2's retrieval protocol: re-score each query's top-k ITC candidates as ITM logit + ITC score, in
+    both directions. Candidates outside a query's top k keep scores below every re-ranked one, so they
+    stay behind them. Returns (i2t scores, t2i scores) as one (N, M) matrix each, stacked."""
+    n_images, n_texts = sim.shape
+    floor = sim.min() - 1e4  # below any ITM logit + similarity
+    out = []
+    for by_image in (True, False):
+        scores = torch.full_like(sim, float(floor))
+        rows = sim if by_image else sim.t()
+        top = rows.topk(min(k, rows.shape[1]), dim=1).indices  # (queries, k)
+        queries = torch.arange(rows.shape[0]).unsqueeze(1).expand_as(top)
+        images, texts = (queries, top) if by_image else (top, queries)
+        itm = score_pairs(images.flatten().tolist(), texts.flatten().tolist()).view_as(top)
+        target = scores if by_image else scores.t()
+        target.scatter_(1, top, itm + rows.gather(1, top))
+        out.append(scores)
+    return torch.stack(out)
 
 
 def evaluate_retrieval(model: VisionLLM, data: EvalSet, image_features: torch.Tensor, lang: str,
@@ -70,10 +91,31 @@ def evaluate_retrieval(model: VisionLLM, data: EvalSet, image_features: torch.Te
     if not texts:
         return None
     text_features = torch.cat([model.encode_text(texts[p]).float().cpu() for p in _batches(len(texts), cfg.batch_size)])
-    sim = image_features @ text_features.t()
-    scores = recall_at_k(sim, torch.tensor(owners), ks=cfg.ks)
+    sim = model.similarity(image_features, text_features)
+    owners = torch.tensor(owners)
+    scores = recall_at_k(sim, owners, ks=cfg.ks)
+    scores["ranked_by"] = "itc" if model.uses_itc_retrieval else "contrastive"
+    if cfg.itm_rerank_k and model.has_text_branch:
+        def score_pairs(image_index: list[int], text_index: list[int]) -> torch.Tensor:
+            return torch.cat([model.itm_scores(data.images[image_index[p]].to(model.device),
+                                               [texts[j] for j in text_index[p]]).cpu()
+                              for p in _batches(len(image_index), cfg.batch_size)])
+
+        i2t, t2i = rerank_with_itm(sim, score_pairs, cfg.itm_rerank_k)
+        reranked = recall_at_k(i2t, owners, ks=cfg.ks)
+        reranked_t2i = recall_at_k(t2i, owners, ks=cfg.ks)
+        scores.update({f"itm_{name}": value for name, value in reranked.items() if name.startswith("i2t")})
+        scores.update({f"itm_{name}": value for name, value in reranked_t2i.items() if name.startswith("t2i")})
+        scores["itm_rerank_k"] = cfg.itm_rerank_k
     scores.update(chance_recall(len(data.keys), 1, ks=cfg.ks))
     return scores
+
+
+def expert_usage(model: VisionLLM, data: EvalSet, lang: str, batch_size: int) -> list[float]:
+    """Mean MoE routing weight per expert over the evaluation images under `lang`'s captioning prompt."""
+    probs = torch.cat([model.route(data.images[p].to(model.device), lang).router_probs.float().cpu()
+                       for p in _batches(len(data.images), batch_size)])
+    return probs.mean(dim=0).tolist()
 
 
 def evaluate_captioning(model: VisionLLM, data: EvalSet, lang: str, cfg: EvalConfig, train_captions: list[str],
@@ -126,19 +168,25 @@ def evaluate(model: VisionLLM, val_urls: list[str], languages: list[str], cfg: E
     model.eval()
     data = load_eval_set(val_urls, model.vision.preprocess, cfg.max_images)
     train_records = read_records(train_urls, TRAIN_RECORDS_FOR_BASELINES) if train_urls else []
-    image_features = _encode_images(model, data.images, cfg.batch_size)
+    # The MoE router reads each language's prompt, so its image features differ per language.
+    image_features = None if model.bridge_reads_prompt else _encode_images(model, data.images, cfg.batch_size, "en")
     per_language: dict[str, dict] = {}
     for lang in languages:
+        features = image_features if image_features is not None else \
+            _encode_images(model, data.images, cfg.batch_size, lang)
         train_captions = [c for r in train_records for c in r.get("captions", {}).get(lang, [])]
         train_items = [q for r in train_records for q in r.get("qa", []) if q.get("lang") == lang and q.get("answers")]
         sections = {
-            "retrieval": evaluate_retrieval(model, data, image_features, lang, cfg),
+            "retrieval": evaluate_retrieval(model, data, features, lang, cfg),
             "captioning": evaluate_captioning(model, data, lang, cfg, train_captions, progress),
             "vqa": evaluate_vqa(model, data, lang, cfg, train_items, progress),
         }
         per_language[lang] = {name: value for name, value in sections.items() if value is not None}
+        if model.bridge_reads_prompt:
+            per_language[lang]["experts"] = expert_usage(model, data, lang, cfg.batch_size)
     return {
         "languages": list(languages),
+        "bridge": model.cfg.bridge.type,
         "n_images": len(data.keys),
         "per_language": per_language,
         "timings": {"eval": round(time.time() - start, 1)},

@@ -24,6 +24,19 @@ def test_demo_config_loads_and_overrides_apply():
     assert cfg.train.batch_size == 32  # untouched keys keep the file's value
 
 
+@pytest.mark.parametrize("bridge", ["qformer", "moe", "mlp"])
+def test_bridge_type_alone_switches_the_bridge(bridge):
+    """The demo config trains BLIP-2's stage-1 terms; another bridge leaves them inactive, no other key changes."""
+    from vlm.model.vlm import active_loss_weights
+
+    cfg = load_config(DEMO, [f"bridge.type={bridge}"])
+    expected = {"qformer": {"lm", "contrastive", "itc", "itm", "itg"}, "moe": {"lm", "contrastive"},
+                "mlp": {"lm", "contrastive"}}[bridge]
+    assert set(active_loss_weights(cfg)) == expected
+    balanced = load_config(DEMO, [f"bridge.type={bridge}", "loss.moe_balance_weight=0.01"])
+    assert ("moe_balance" in active_loss_weights(balanced)) == (bridge == "moe")
+
+
 def test_round_trip_through_dict():
     cfg = load_config(DEMO)
     assert config_from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
@@ -46,6 +59,12 @@ def test_round_trip_through_dict():
         ("data.task_weights=[1.0]", "data.task_weights"),
         ("llm.kind=encoder", "llm.kind"),
         ("loss.init_temperature=2", "loss.init_temperature"),
+        ("bridge.top_k=9", "bridge.top_k"),  # more than num_experts
+        ("bridge.moe_init=zeros", "bridge.moe_init"),
+        ("loss.itm_weight=-1", "loss.itm_weight"),
+        ("bridge.text_branch=false", "loss.itc_weight"),  # the demo's Q-Former trains ITC on its text branch
+        ("loss.itc_weight=0", "loss.itm_weight"),  # ITM negatives come from the ITC similarities
+        ("loss.itc_label_smoothing=1.0", "loss.itc_label_smoothing"),
     ],
 )
 def test_bad_values_fail_with_one_line_naming_the_key(override, culprit):
@@ -91,7 +110,7 @@ def test_cli_exits_2_before_building_anything(tmp_path, capsys):
 
 
 def test_console_script_exit_code(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "vlm.cli", "train", str(DEMO), "bridge.type=moe"],
+    out = subprocess.run([sys.executable, "-m", "vlm.cli", "train", str(DEMO), "bridge.type=perceiver"],
                          capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 2
     assert "bridge.type" in out.stderr and len(out.stderr.strip().splitlines()) == 1

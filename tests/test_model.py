@@ -83,16 +83,17 @@ def test_forward_backward_reaches_only_trainable_parts(tiny_parts, tmp_path, kin
     torch.manual_seed(0)
     model = VisionLLM(tiny_parts.config(tmp_path, kind=kind))
     model.train()
-    batch = Collator(model.tokenizer, kind, 48)(_examples(4))
+    batch = model.collator()(_examples(4))
     out = model(batch)
-    assert set(out) == {"loss", "lm", "itc"}
-    assert out["loss"].item() == pytest.approx(out["lm"].item() + out["itc"].item(), rel=1e-5)
+    assert set(out) == {"loss", "lm", "contrastive", "itc", "itm", "itg"}
+    assert out["loss"].item() == pytest.approx(sum(out[k].item() for k in out if k != "loss"), rel=1e-5)
     out["loss"].backward()
     grads = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert any(n.startswith("bridge.") for n in grads)
     assert any("lora_" in n for n in grads)
-    assert "contrastive_loss.logit_scale" in grads
+    assert {"contrastive_loss.logit_scale", "itc_loss.logit_scale"} <= grads
+    assert {"bridge.itm_head.weight", "bridge.lm_head.dense.weight", "bridge.text_proj.weight"} <= grads
     assert grads <= trainable
     assert not any(n.startswith("vision.") for n in trainable)
     frozen_llm = [n for n, p in model.llm.named_parameters() if not p.requires_grad]
@@ -115,12 +116,27 @@ def test_batched_generation_matches_single(tiny_parts, tmp_path, kind):
     assert all(isinstance(t, str) for t in batched)
 
 
-def test_encoders_are_normalised(causal):
+def test_retrieval_encoders_use_itc_max_over_queries(causal):
+    assert causal.uses_itc_retrieval
     img = causal.encode_image(torch.randn(3, 3, 32, 32))
     txt = causal.encode_text(["a red circle", "两个", "ein blauer Stern oben"])
-    assert img.shape == txt.shape == (3, 16)
-    assert torch.allclose(img.norm(dim=-1), torch.ones(3), atol=1e-5)
+    assert img.shape == (3, 4, 16) and txt.shape == (3, 16)
+    assert torch.allclose(img.norm(dim=-1), torch.ones(3, 4), atol=1e-5)
     assert torch.allclose(txt.norm(dim=-1), torch.ones(3), atol=1e-5)
+    sim = causal.similarity(img, txt)
+    hand = torch.tensor([[max(float(q @ t) for q in img[i]) for t in txt] for i in range(3)])
+    assert torch.allclose(sim, hand, atol=1e-6)
+
+
+@pytest.mark.parametrize("bridge", ["mlp", "moe"])
+def test_projector_bridges_retrieve_with_pooled_features(tiny_parts, tmp_path, bridge):
+    model = VisionLLM(tiny_parts.config(tmp_path, f"bridge.type={bridge}")).eval()
+    assert not model.uses_itc_retrieval and not model.has_text_branch
+    img = model.encode_image(torch.randn(3, 3, 32, 32), lang="de")
+    txt = model.encode_text(["a red circle", "两个", "ein blauer Stern oben"])
+    assert img.shape == txt.shape[:1] + (16,)
+    assert torch.allclose(img.norm(dim=-1), torch.ones(3), atol=1e-5)
+    assert torch.allclose(model.similarity(img, txt), img @ txt.t())
 
 
 def test_kind_mismatch_is_a_clear_error(tiny_parts, tmp_path):

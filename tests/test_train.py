@@ -35,7 +35,7 @@ def test_short_run_loss_falls(tiny_parts, tmp_path):
     assert last < 0.85 * first, (first, last)
     rows = read_metrics(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in rows if r["kind"] == "eval"] == [20, 40]
-    assert all({"lm", "itc", "lr", "grad_norm", "bad_samples"} <= set(r) for r in rows if r["kind"] == "train")
+    assert all({"lm", "contrastive", "itc", "itm", "itg", "lr", "grad_norm", "bad_samples"} <= set(r) for r in rows if r["kind"] == "train")
     # the checkpoint holds only trainable weights, and the resolved config sits next to it
     weights, state = load_checkpoint(result.checkpoint)
     assert set(weights) == set(result.model.trainable_state_dict())

@@ -41,7 +41,12 @@ class VisionConfig:
 
 @dataclass
 class BridgeConfig:
+    """The bridge between image tokens and the LLM. `type` picks qformer | moe | mlp; each reads only the
+    keys of its own section below, so switching type changes nothing else in a config."""
+
     type: str = "qformer"
+    dropout: float = 0.1
+    # --- qformer (BLIP-2) ---
     num_queries: int = 32
     hidden_size: int = 768
     num_layers: int = 6
@@ -49,7 +54,26 @@ class BridgeConfig:
     # Cross-attention to the image tokens in every `cross_attention_freq`-th layer (BLIP-2: 2).
     cross_attention_freq: int = 2
     mlp_ratio: float = 4.0
-    dropout: float = 0.1
+    # A BERT-family checkpoint (BERT, mBERT, XLM-R; folder or hub id) whose weights initialise the
+    # Q-Former (text FFN copied into the query FFN), or a Blip2ForConditionalGeneration checkpoint whose
+    # Q-Former, query tokens and language projection are imported. "": random init.
+    init_from: str = ""
+    # Build the text branch (embeddings, text FFNs, ITC/ITM/ITG heads): needed for the BLIP-2 stage-1
+    # losses and for ITC retrieval; without it the Q-Former is the query branch only (stage 2, mBLIP).
+    text_branch: bool = False
+    # Tokenizer of the text branch; "" uses `init_from` when it is a BERT-family checkpoint, else the LLM's.
+    tokenizer: str = ""
+    max_text_length: int = 32
+    itc_dim: int = 256  # BLIP-2's vision_proj / text_proj width
+    # --- mlp (LLaVA mlp2x_gelu) and moe (Parrot) ---
+    projector_hidden: int = 0  # width of the 2-layer projection's hidden layer; 0: the LLM width
+    num_experts: int = 6
+    expert_hidden: int = 0  # SwiGLU inner width of each expert; 0: the LLM width
+    top_k: int = 0  # 0: dense softmax mixture over all experts (Parrot); k: keep the k largest weights
+    # identity: out = V + sum_e w_e E_e(V) with zero-initialised expert outputs, so a fresh MoE passes the
+    # projection through unchanged. parrot: out = sum_e w_e E_e(V) + parrot_residual * V, random experts.
+    moe_init: str = "identity"
+    parrot_residual: float = 0.1
 
 
 @dataclass
@@ -72,12 +96,23 @@ class LLMConfig:
 
 @dataclass
 class LossConfig:
-    lm_weight: float = 1.0
+    """Each term is logged under its own name; a weight of 0 switches a term off."""
+
+    lm_weight: float = 1.0  # next-token loss of the LLM on captions and answers
+    # CG-VLM-style: pooled visual tokens vs the LLM's input embeddings of the caption tokens.
     contrastive_weight: float = 1.0
     contrastive_dim: int = 256
     init_temperature: float = 0.07
-    # The learnable logit scale is clamped to [1, max_logit_scale] (CLIP caps it at 100).
+    # The learnable logit scales are clamped to [1, max_logit_scale] (CLIP caps it at 100).
     max_logit_scale: float = 100.0
+    # BLIP-2 stage-1 losses of the Q-Former's text branch (bridge.text_branch: true).
+    itc_weight: float = 0.0  # image-text contrastive, max over queries
+    itm_weight: float = 0.0  # image-text matching with hard negatives sampled from the ITC softmax
+    itg_weight: float = 0.0  # image-grounded generation through the query prefix
+    itc_label_smoothing: float = 0.1
+    itg_label_smoothing: float = 0.1
+    # Switch-style load balancing of the MoE router (0: off).
+    moe_balance_weight: float = 0.0
 
 
 @dataclass
@@ -127,6 +162,9 @@ class EvalConfig:
     num_beams: int = 1
     batch_size: int = 64
     samples_per_language: int = 3  # sample captions kept in results.json
+    # BLIP-2 protocol: re-score each query's top-k ITC candidates with the ITM head (Q-Former with a
+    # text branch only); 0 ranks by ITC alone.
+    itm_rerank_k: int = 0
 
 
 @dataclass
@@ -169,7 +207,8 @@ class Config:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
 
 
-BRIDGE_TYPES = ("qformer",)
+BRIDGE_TYPES = ("qformer", "moe", "mlp")
+MOE_INITS = ("identity", "parrot")
 LLM_KINDS = ("causal", "seq2seq")
 TASKS = ("caption", "vqa")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -298,18 +337,37 @@ def validate(cfg: Config) -> None:
 
     b, llm, loss, data, train = cfg.bridge, cfg.llm, cfg.loss, cfg.data, cfg.train
     _choice(b.type, BRIDGE_TYPES, "bridge.type")
+    _check(0.0 <= b.dropout < 1.0, "'bridge.dropout' must be in [0, 1)")
     _check(b.num_queries >= 1, "'bridge.num_queries' must be >= 1")
     _check(b.num_layers >= 1, "'bridge.num_layers' must be >= 1")
     _check(b.num_heads >= 1 and b.hidden_size % b.num_heads == 0,
            f"'bridge.hidden_size' ({b.hidden_size}) must be divisible by 'bridge.num_heads' ({b.num_heads})")
     _check(b.cross_attention_freq >= 1, "'bridge.cross_attention_freq' must be >= 1")
-    _check(0.0 <= b.dropout < 1.0, "'bridge.dropout' must be in [0, 1)")
+    _check(b.max_text_length >= 4, "'bridge.max_text_length' must be >= 4")
+    _check(b.itc_dim >= 1, "'bridge.itc_dim' must be >= 1")
+    _check(b.projector_hidden >= 0 and b.expert_hidden >= 0, "'bridge.projector_hidden' and 'bridge.expert_hidden' "
+           "must be >= 0 (0: the LLM width)")
+    _check(b.num_experts >= 1, "'bridge.num_experts' must be >= 1")
+    _check(0 <= b.top_k <= b.num_experts, f"'bridge.top_k' must be in [0, bridge.num_experts={b.num_experts}]")
+    _choice(b.moe_init, MOE_INITS, "bridge.moe_init")
     _choice(llm.kind, LLM_KINDS, "llm.kind")
     _choice(llm.dtype, DTYPES, "llm.dtype")
     _check(llm.lora_r >= 0, "'llm.lora_r' must be >= 0")
     _check(llm.max_length >= 4, "'llm.max_length' must be >= 4")
-    _check(loss.lm_weight >= 0 and loss.contrastive_weight >= 0, "loss weights must be >= 0")
-    _check(loss.lm_weight + loss.contrastive_weight > 0, "'loss.lm_weight' and 'loss.contrastive_weight' are both 0")
+    weights = {name: getattr(loss, name) for name in
+               ("lm_weight", "contrastive_weight", "itc_weight", "itm_weight", "itg_weight", "moe_balance_weight")}
+    for name, weight in weights.items():
+        _check(weight >= 0, f"'loss.{name}' must be >= 0")
+    _check(sum(weights.values()) > 0, "every 'loss.*_weight' is 0: nothing to train")
+    # Terms of another bridge type are simply inactive (so `bridge.type` alone switches a config); within
+    # the Q-Former they must be consistent.
+    if b.type == "qformer":
+        for name in ("itc_weight", "itm_weight", "itg_weight"):
+            _check(weights[name] == 0 or b.text_branch, f"'loss.{name}' needs bridge.text_branch=true")
+        _check(loss.itm_weight == 0 or loss.itc_weight > 0,
+               "'loss.itm_weight' samples its hard negatives from the ITC similarities: set 'loss.itc_weight' > 0")
+    for name in ("itc_label_smoothing", "itg_label_smoothing"):
+        _check(0 <= getattr(loss, name) < 1, f"'loss.{name}' must be in [0, 1)")
     _check(0 < loss.init_temperature < 1, "'loss.init_temperature' must be in (0, 1)")
     _check(loss.max_logit_scale >= 1.0 / loss.init_temperature,
            "'loss.max_logit_scale' must be >= 1 / 'loss.init_temperature'")
@@ -339,6 +397,9 @@ def validate(cfg: Config) -> None:
     _choice(train.precision, PRECISIONS, "train.precision")
     _choice(train.distributed, DISTRIBUTED, "train.distributed")
     _check(all(k >= 1 for k in cfg.eval.ks), "'eval.ks' must be >= 1")
+    _check(cfg.eval.itm_rerank_k >= 0, "'eval.itm_rerank_k' must be >= 0")
+    _check(cfg.eval.itm_rerank_k == 0 or b.type != "qformer" or (b.text_branch and loss.itm_weight > 0),
+           "'eval.itm_rerank_k' re-ranks with the ITM head: set bridge.text_branch=true and loss.itm_weight > 0")
     _check(not (cfg.vision.visual_weights and cfg.vision.pretrained),
            "'vision.visual_weights' and 'vision.pretrained' are both set; keep one")
 

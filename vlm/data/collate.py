@@ -17,6 +17,7 @@ class Example:
     caption: str  # a caption in the same language, for the contrastive loss
     lang: str
     task: str
+    image_id: int = -1  # the same for every example of one image (ITC/ITM treat them as positives); -1: unknown
 
 
 def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
@@ -24,20 +25,42 @@ def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
     return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
 
 
+def bridge_text_ids(tokenizer, texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q-Former text input: [start] tokens [end], padded to `max_length` (a fixed width, so ranks can gather
+    it for ITM negatives). start/end are the tokenizer's [CLS]/[SEP] (BERT), <s>/</s> (XLM-R) or bos/eos."""
+    start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    end = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    if start is None or end is None:
+        raise ValueError("the bridge tokenizer has neither cls/sep nor bos/eos tokens to frame a text")
+    rows = [[start] + ids[: max_length - 2] + [end]
+            for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    ids = torch.full((len(rows), max_length), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), max_length), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
 class Collator:
     """Builds the tensors `VisionLLM.forward` reads.
 
     causal:  input_ids = [prompt, target, eos] right-padded; labels = -100 on prompt and padding.
     seq2seq: input_ids = prompt (encoder side); labels = [target, eos] (decoder side).
+    prompt_ids: the prompt alone (the MoE router reads its embeddings); caption_ids: the caption, for the
+    contrastive loss; bridge_ids: the caption in the Q-Former's tokenizer, when it has a text branch.
     The visual prefix is added by the model, which also masks its positions out of the labels.
     """
 
-    def __init__(self, tokenizer, kind: str, max_length: int):
+    def __init__(self, tokenizer, kind: str, max_length: int, bridge_tokenizer=None, bridge_max_length: int = 32):
         self.tokenizer = tokenizer
         self.kind = kind
         self.max_length = max_length
         self.pad_id = tokenizer.pad_token_id
         self.eos_id = tokenizer.eos_token_id
+        self.bridge_tokenizer = bridge_tokenizer
+        self.bridge_max_length = bridge_max_length
 
     def encode_many(self, prompts: list[str], targets: list[str]) -> list[tuple[list[int], list[int]]]:
         """Per pair: prompt ids (with the tokenizer's own special tokens) and target ids ending in eos,
@@ -56,8 +79,9 @@ class Collator:
         return self.encode_many([prompt], [target])[0]
 
     def text_batch(self, prompts: list[str], targets: list[str]) -> dict[str, torch.Tensor]:
-        ids, labels, masks = [], [], []
+        ids, labels, masks, prompt_rows = [], [], [], []
         for prompt_ids, target_ids in self.encode_many(prompts, targets):
+            prompt_rows.append(prompt_ids)
             if self.kind == "causal":
                 ids.append(prompt_ids + target_ids)
                 labels.append([IGNORE_INDEX] * len(prompt_ids) + target_ids)
@@ -69,6 +93,8 @@ class Collator:
             "input_ids": _pad(ids, self.pad_id),
             "attention_mask": _pad(masks, 0),
             "labels": _pad(labels, IGNORE_INDEX),
+            "prompt_ids": _pad(prompt_rows, self.pad_id),
+            "prompt_mask": _pad([[1] * len(r) for r in prompt_rows], 0),
         }
 
     def __call__(self, examples: list[Example]) -> dict:
@@ -77,6 +103,10 @@ class Collator:
                     for e in examples]
         batch["caption_ids"] = _pad(captions, self.pad_id)
         batch["caption_mask"] = _pad([[1] * len(c) for c in captions], 0)
+        if self.bridge_tokenizer is not None:
+            batch["bridge_ids"], batch["bridge_mask"] = bridge_text_ids(
+                self.bridge_tokenizer, [e.caption for e in examples], self.bridge_max_length)
+        batch["image_ids"] = torch.tensor([e.image_id for e in examples], dtype=torch.long)
         batch["images"] = torch.stack([e.image for e in examples])
         batch["langs"] = [e.lang for e in examples]
         batch["tasks"] = [e.task for e in examples]

@@ -136,7 +136,12 @@ def make_example(decoded: Decoded, cfg: DataConfig, transform, rng: random.Rando
     else:
         item = rng.choice(questions)
         prompt, target = vqa_prompt(item["question"], lang), item["answers"][0]
-    return Example(transform(decoded.image), prompt, target, caption, lang, task)
+    return Example(transform(decoded.image), prompt, target, caption, lang, task, image_id(decoded.key))
+
+
+def image_id(key: str) -> int:
+    """A stable 62-bit id of a sample key: equal ids mark the same image (ITC/ITM positives)."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") >> 2
 
 
 def _sample_rng(seed: int, epoch: int, key: str) -> random.Random:

@@ -1,107 +1,268 @@
-"""Q-Former bridge: learned queries that read the frozen image tokens through cross-attention.
+"""The BLIP-2 Q-Former: learned queries that read the frozen image tokens, plus an optional text branch.
 
-BERT-style post-LN layers as in BLIP-2: self-attention over the queries, cross-attention to the
-LayerNorm'd image tokens every `cross_attention_freq` layers, then a feed-forward block. Module names
-follow BERT/BLIP-2 (query/key/value, dense, LayerNorm) so released weights can be mapped onto it.
+One BERT-style (post-LN) network runs in four modes that differ only in their inputs and self-attention
+mask (`attention_mask` below; LAVIS blip2_qformer.py / Qformer.py is the reference):
+
+    query       queries only, bidirectional, cross-attention to the image   -> visual prefix, ITC image side
+    text        text only, bidirectional over non-pad tokens, no image        -> ITC text side ([CLS] state)
+    multimodal  [queries; text], fully bidirectional                          -> ITM
+    causal      [queries; text]: queries see queries only, text sees every   -> ITG
+                query and the text before it (UniLM mask)
+
+Self-attention weights are shared by queries and text; cross-attention to the LayerNorm'd image tokens
+sits in every `cross_attention_freq`-th layer and acts on query positions only; each layer has a query
+FFN and a text FFN. Queries get no position embeddings. Module names follow transformers'
+Blip2QFormerModel (`layernorm`, `encoder.layer.N.attention.attention.query`, `intermediate_query`, ...)
+so released BLIP-2 weights map onto it key for key (vlm/model/qformer_weights.py).
+
+In the causal mode LAVIS replays the query-only pass's cached keys/values; running [queries; text]
+under the UniLM mask computes exactly the same query states, so one pass serves both the visual prefix
+(and ITC) and ITG.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vlm.config import BridgeConfig
+from vlm.model.bridge import BridgeOutput
+
+MODES = ("query", "text", "multimodal", "causal")
+LAYER_NORM_EPS = 1e-12  # BERT's
 
 
-@dataclass
-class BridgeOutput:
-    visual_tokens: torch.Tensor  # (B, Q, H_llm): the LLM prefix
-    pooled: torch.Tensor  # (B, H_bridge): one vector per image for the contrastive head
+def attention_mask(mode: str, n_queries: int, text_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """Boolean self-attention mask (B, S, S), True where a row may attend to a column, for the sequence
+    [queries; text]. None means "attend everywhere" (the query-only mode)."""
+    if mode == "query":
+        return None
+    if mode not in MODES:
+        raise ValueError(f"unknown Q-Former mode '{mode}'; expected one of {MODES}")
+    if text_mask is None:
+        raise ValueError(f"Q-Former mode '{mode}' needs a text mask")
+    text_keys = text_mask.bool()
+    b, length = text_keys.shape
+    q = 0 if mode == "text" else n_queries
+    keys = torch.cat([text_keys.new_ones(b, q), text_keys], dim=1)  # (B, S): padding is never attended
+    s = q + length
+    mask = keys[:, None, :].expand(b, s, s)
+    if mode == "causal":
+        allowed = torch.ones(s, s, dtype=torch.bool, device=text_keys.device)
+        allowed[:q, q:] = False  # a query never sees the text
+        allowed[q:, q:] = torch.tril(allowed[q:, q:])  # text sees earlier text only
+        mask = mask & allowed
+    return mask
 
 
-class Attention(nn.Module):
+class MultiHeadAttention(nn.Module):
     def __init__(self, hidden: int, heads: int, kv_width: int, dropout: float):
         super().__init__()
         self.heads = heads
+        self.dropout = dropout
         self.query = nn.Linear(hidden, hidden)
         self.key = nn.Linear(kv_width, hidden)
         self.value = nn.Linear(kv_width, hidden)
-        self.dense = nn.Linear(hidden, hidden)
-        self.LayerNorm = nn.LayerNorm(hidden, eps=1e-12)
-        self.dropout = dropout
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
         return x.view(b, n, self.heads, d // self.heads).transpose(1, 2)  # (B, heads, N, d_head)
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         q, k, v = self._split(self.query(x)), self._split(self.key(memory)), self._split(self.value(memory))
-        p = self.dropout if self.training else 0.0
-        attended = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, heads, N, d_head)
-        attended = attended.transpose(1, 2).flatten(2)
-        out = F.dropout(self.dense(attended), p, self.training)
-        return self.LayerNorm(out + x)
+        mask = None if mask is None else mask[:, None]  # broadcast over heads
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        return out.transpose(1, 2).flatten(2)
 
 
-class FeedForward(nn.Module):
-    def __init__(self, hidden: int, inner: int, dropout: float):
+class AddNorm(nn.Module):
+    """BERT's SelfOutput / Output: dense, dropout, then LayerNorm of the residual sum."""
+
+    def __init__(self, in_width: int, hidden: int, dropout: float):
         super().__init__()
-        self.intermediate = nn.Linear(hidden, inner)
-        self.output = nn.Linear(inner, hidden)
-        self.LayerNorm = nn.LayerNorm(hidden, eps=1e-12)
+        self.dense = nn.Linear(in_width, hidden)
+        self.LayerNorm = nn.LayerNorm(hidden, eps=LAYER_NORM_EPS)
         self.dropout = dropout
 
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(F.dropout(self.dense(x), self.dropout, self.training) + residual)
+
+
+class AttentionBlock(nn.Module):
+    def __init__(self, hidden: int, heads: int, kv_width: int, dropout: float):
+        super().__init__()
+        self.attention = MultiHeadAttention(hidden, heads, kv_width, dropout)
+        self.output = AddNorm(hidden, hidden, dropout)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        return self.output(self.attention(x, memory, mask), x)
+
+
+class Intermediate(nn.Module):
+    def __init__(self, hidden: int, inner: int):
+        super().__init__()
+        self.dense = nn.Linear(hidden, inner)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.output(F.gelu(self.intermediate(x)))
-        return self.LayerNorm(F.dropout(out, self.dropout, self.training) + x)
+        return F.gelu(self.dense(x))
 
 
 class QFormerLayer(nn.Module):
-    def __init__(self, cfg: BridgeConfig, vision_width: int, has_cross_attention: bool):
+    def __init__(self, cfg: BridgeConfig, vision_width: int, has_cross_attention: bool, text_branch: bool):
         super().__init__()
-        h = cfg.hidden_size
-        self.attention = Attention(h, cfg.num_heads, h, cfg.dropout)
-        self.crossattention = Attention(h, cfg.num_heads, vision_width, cfg.dropout) if has_cross_attention else None
-        self.ffn = FeedForward(h, int(h * cfg.mlp_ratio), cfg.dropout)
+        h, inner = cfg.hidden_size, int(cfg.hidden_size * cfg.mlp_ratio)
+        self.attention = AttentionBlock(h, cfg.num_heads, h, cfg.dropout)
+        self.crossattention = AttentionBlock(h, cfg.num_heads, vision_width, cfg.dropout) if has_cross_attention else None
+        self.intermediate_query = Intermediate(h, inner)
+        self.output_query = AddNorm(inner, h, cfg.dropout)
+        self.intermediate = Intermediate(h, inner) if text_branch else None
+        self.output = AddNorm(inner, h, cfg.dropout) if text_branch else None
 
-    def forward(self, queries: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
-        x = self.attention(queries, queries)
-        if self.crossattention is not None:
-            x = self.crossattention(x, image_tokens)
-        return self.ffn(x)
+    def forward(self, x: torch.Tensor, n_queries: int, mask: torch.Tensor | None,
+                memory: torch.Tensor | None) -> torch.Tensor:
+        x = self.attention(x, x, mask)
+        queries, text = x[:, :n_queries], x[:, n_queries:]
+        parts = []
+        if n_queries:
+            if self.crossattention is not None:
+                queries = self.crossattention(queries, memory, None)
+            parts.append(self.output_query(self.intermediate_query(queries), queries))
+        if text.shape[1]:
+            if self.intermediate is None:
+                raise ValueError("this Q-Former has no text branch (bridge.text_branch: false)")
+            parts.append(self.output(self.intermediate(text), text))
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+
+class QFormerEncoder(nn.Module):
+    def __init__(self, cfg: BridgeConfig, vision_width: int, text_branch: bool):
+        super().__init__()
+        self.layer = nn.ModuleList(
+            QFormerLayer(cfg, vision_width, i % cfg.cross_attention_freq == 0, text_branch)
+            for i in range(cfg.num_layers)
+        )
+
+    def forward(self, x, n_queries, mask, memory):
+        for layer in self.layer:
+            x = layer(x, n_queries, mask, memory)
+        return x
+
+
+class TextEmbeddings(nn.Module):
+    """Word + absolute position embeddings of the text (the LayerNorm is shared with the queries)."""
+
+    def __init__(self, vocab_size: int, hidden: int, max_positions: int):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(vocab_size, hidden)
+        self.position_embeddings = nn.Embedding(max_positions, hidden)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(ids.shape[1], device=ids.device)
+        return self.word_embeddings(ids) + self.position_embeddings(positions)[None]
+
+
+class LMHead(nn.Module):
+    """BERT's prediction head: dense, GELU, LayerNorm, then the (tied) word embeddings plus a bias."""
+
+    def __init__(self, hidden: int, vocab_size: int):
+        super().__init__()
+        self.dense = nn.Linear(hidden, hidden)
+        self.LayerNorm = nn.LayerNorm(hidden, eps=LAYER_NORM_EPS)
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
+
+    def forward(self, x: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.LayerNorm(F.gelu(self.dense(x))), word_embeddings, self.bias)
 
 
 class QFormer(nn.Module):
-    """(B, N, D_vision) image tokens -> BridgeOutput with (B, Q, H_llm) visual tokens."""
+    """(B, N, D_vision) image tokens -> BridgeOutput with (B, Q, H_llm) visual tokens.
 
-    def __init__(self, cfg: BridgeConfig, vision_width: int, llm_width: int):
+    With `text_vocab_size` > 0 it also owns the text branch and the BLIP-2 stage-1 heads: `vision_proj`,
+    `text_proj` (ITC), `itm_head` (ITM) and `lm_head` (ITG, tied to the word embeddings). The word
+    embeddings hold one extra row after the tokenizer's vocabulary: the [DEC] token that starts ITG.
+    """
+
+    def __init__(self, cfg: BridgeConfig, vision_width: int, llm_width: int, text_vocab_size: int = 0):
         super().__init__()
         h = cfg.hidden_size
-        # Queries carry no position embeddings (BLIP-2); init matches BERT's initializer_range.
-        self.query_tokens = nn.Parameter(torch.randn(1, cfg.num_queries, h) * 0.02)
-        self.ln_vision = nn.LayerNorm(vision_width)
-        self.embed_norm = nn.LayerNorm(h, eps=1e-12)
-        self.layers = nn.ModuleList(
-            QFormerLayer(cfg, vision_width, has_cross_attention=(i % cfg.cross_attention_freq == 0))
-            for i in range(cfg.num_layers)
-        )
-        self.proj = nn.Linear(h, llm_width)  # BLIP-2's language_projection
+        self.num_queries = cfg.num_queries
         self.dropout = cfg.dropout
-        self.hidden_size = h
+        self.text_branch = text_vocab_size > 0
+        self.query_tokens = nn.Parameter(torch.randn(1, cfg.num_queries, h) * 0.02)  # BERT initializer_range
+        self.ln_vision = nn.LayerNorm(vision_width)
+        self.layernorm = nn.LayerNorm(h, eps=LAYER_NORM_EPS)
+        self.encoder = QFormerEncoder(cfg, vision_width, self.text_branch)
+        self.language_projection = nn.Linear(h, llm_width)
+        if self.text_branch:
+            self.dec_token_id = text_vocab_size  # the extra row
+            self.embeddings = TextEmbeddings(text_vocab_size + 1, h, cfg.max_text_length)
+            self.lm_head = LMHead(h, text_vocab_size + 1)
+            self.vision_proj = nn.Linear(h, cfg.itc_dim)
+            self.text_proj = nn.Linear(h, cfg.itc_dim)
+            self.itm_head = nn.Linear(h, 2)
+            nn.init.normal_(self.embeddings.word_embeddings.weight, std=0.02)
+            nn.init.normal_(self.embeddings.position_embeddings.weight, std=0.02)
 
-    def forward(self, image_tokens: torch.Tensor) -> BridgeOutput:
-        memory = self.ln_vision(image_tokens)
-        x = self.query_tokens.expand(image_tokens.shape[0], -1, -1)
-        x = F.dropout(self.embed_norm(x), self.dropout, self.training)
-        for layer in self.layers:
-            x = layer(x, memory)
-        return BridgeOutput(visual_tokens=self.proj(x), pooled=x.mean(dim=1))
+    # --- the four modes --------------------------------------------------------------------------
 
+    def _run(self, mode: str, image_tokens: torch.Tensor | None, ids: torch.Tensor | None,
+             text_mask: torch.Tensor | None) -> torch.Tensor:
+        parts = []
+        n_queries = 0 if mode == "text" else self.num_queries
+        if n_queries:
+            parts.append(self.query_tokens.expand(image_tokens.shape[0], -1, -1))
+        if ids is not None:
+            if not self.text_branch:
+                raise ValueError("this Q-Former has no text branch (bridge.text_branch: false)")
+            parts.append(self.embeddings(ids))
+        x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        x = F.dropout(self.layernorm(x), self.dropout, self.training)
+        memory = self.ln_vision(image_tokens) if n_queries else None
+        return self.encoder(x, n_queries, attention_mask(mode, n_queries, text_mask), memory)
 
-def build_bridge(cfg: BridgeConfig, vision_width: int, llm_width: int) -> nn.Module:
-    if cfg.type == "qformer":
-        return QFormer(cfg, vision_width, llm_width)
-    raise ValueError(f"unknown bridge.type '{cfg.type}'")
+    def encode_queries(self, image_tokens: torch.Tensor) -> torch.Tensor:
+        """Query-only mode: (B, Q, H) query outputs."""
+        return self._run("query", image_tokens, None, None)
+
+    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Text-only mode: (B, L, H); position 0 ([CLS]) is the sentence feature."""
+        return self._run("text", None, ids, mask)
+
+    def encode_multimodal(self, image_tokens: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """ITM mode: (B, Q + L, H), queries and text attending to each other."""
+        return self._run("multimodal", image_tokens, ids, mask)
+
+    def decode(self, image_tokens: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """ITG mode: (B, Q + L, H). Position 0 of `ids` is replaced by [DEC]; the query rows equal the
+        query-only mode's outputs, since queries never see the text."""
+        ids = torch.cat([torch.full_like(ids[:, :1], self.dec_token_id), ids[:, 1:]], dim=1)
+        return self._run("causal", image_tokens, ids, mask)
+
+    # --- heads -------------------------------------------------------------------------------------
+
+    def image_features(self, query_outputs: torch.Tensor) -> torch.Tensor:
+        """(B, Q, H) -> (B, Q, itc_dim), each query L2-normalised."""
+        return F.normalize(self.vision_proj(query_outputs), dim=-1)
+
+    def text_features(self, text_outputs: torch.Tensor) -> torch.Tensor:
+        """(B, L, H) -> (B, itc_dim) from the [CLS] position, L2-normalised."""
+        return F.normalize(self.text_proj(text_outputs[:, 0]), dim=-1)
+
+    def itm_logits(self, multimodal_outputs: torch.Tensor) -> torch.Tensor:
+        """(B, Q + L, H) -> (B, 2): the ITM head on every query output, averaged over the queries."""
+        return self.itm_head(multimodal_outputs[:, : self.num_queries]).mean(dim=1)
+
+    def lm_logits(self, text_outputs: torch.Tensor) -> torch.Tensor:
+        """(B, L, H) -> (B, L, vocab + 1) next-token logits of the ITG decoder."""
+        return self.lm_head(text_outputs, self.embeddings.word_embeddings.weight)
+
+    # --- the bridge interface ----------------------------------------------------------------------
+
+    def project(self, query_outputs: torch.Tensor) -> BridgeOutput:
+        return BridgeOutput(visual_tokens=self.language_projection(query_outputs), hidden=query_outputs)
+
+    def forward(self, image_tokens: torch.Tensor, text_embeds: torch.Tensor | None = None,
+                text_mask: torch.Tensor | None = None) -> BridgeOutput:
+        """The LLM prefix from the query-only mode (the prompt is not read: BLIP-2, not InstructBLIP)."""
+        return self.project(self.encode_queries(image_tokens))

@@ -1,41 +1,118 @@
-"""VisionLLM: frozen image encoder -> bridge -> language model (visual tokens as a prefix), plus a
-contrastive head that aligns pooled visual tokens with pooled text embeddings of the caption."""
+"""VisionLLM: frozen image encoder -> bridge (qformer | moe | mlp) -> language model (visual tokens as a
+prefix), with the training terms each bridge supports:
+
+    lm           next-token loss of the LLM on the caption or answer (every bridge)
+    contrastive  CG-VLM-style: pooled visual tokens vs the LLM's input embeddings of the caption tokens
+    itc/itm/itg  BLIP-2 stage 1 on the Q-Former's own text branch
+    moe_balance  load balancing of the MoE router
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import AutoTokenizer
 
 from vlm.config import Config, config_from_dict
-from vlm.losses import ContrastiveLoss
+from vlm.data.collate import Collator, bridge_text_ids
+from vlm.data.templates import caption_prompt
+from vlm.losses import ContrastiveLoss, ItcLoss, itg_loss, mean_token_features, sample_itm_negatives
+from vlm.model import qformer_weights
+from vlm.model.bridge import BridgeOutput
 from vlm.model.llm import LanguageModel
-from vlm.model.qformer import BridgeOutput, build_bridge
+from vlm.model.projectors import MLPProjector, MoEProjector
+from vlm.model.qformer import QFormer
 from vlm.model.vision import ImageEncoder
+from vlm.train import distributed
+
+log = logging.getLogger(__name__)
+
+
+def active_loss_weights(cfg: Config) -> dict[str, float]:
+    """The weighted terms this config trains. Terms of another bridge type are inactive, so switching
+    `bridge.type` needs no other change to a config."""
+    loss, bridge = cfg.loss, cfg.bridge
+    weights = {"lm": loss.lm_weight, "contrastive": loss.contrastive_weight}
+    if bridge.type == "qformer" and bridge.text_branch:
+        weights.update(itc=loss.itc_weight, itm=loss.itm_weight, itg=loss.itg_weight)
+    if bridge.type == "moe":
+        weights["moe_balance"] = loss.moe_balance_weight
+    return {name: w for name, w in weights.items() if w > 0}
+
+
+def load_bridge_tokenizer(cfg: Config, llm_tokenizer):
+    """The Q-Former text branch's tokenizer: bridge.tokenizer, else a BERT-family bridge.init_from, else the LLM's."""
+    source = cfg.bridge.tokenizer
+    if not source and cfg.bridge.init_from:
+        if not qformer_weights.is_blip2(qformer_weights.read_model_config(cfg.bridge.init_from)):
+            source = cfg.bridge.init_from
+    return AutoTokenizer.from_pretrained(source) if source else llm_tokenizer
+
+
+def build_bridge(cfg: Config, vision_width: int, llm_width: int, text_vocab_size: int = 0) -> nn.Module:
+    b = cfg.bridge
+    if b.type == "qformer":
+        bridge = QFormer(b, vision_width, llm_width, text_vocab_size)
+        if b.init_from:
+            qformer_weights.initialise(bridge, b.init_from, b.cross_attention_freq)
+        return bridge
+    if b.type == "mlp":
+        return MLPProjector(b, vision_width, llm_width)
+    if b.type == "moe":
+        return MoEProjector(b, vision_width, llm_width)
+    raise ValueError(f"unknown bridge.type '{b.type}'")
 
 
 class ContrastiveHead(nn.Module):
-    """Projects pooled visual tokens and pooled LLM text embeddings into one normalised space."""
+    """CG-VLM-style alignment in the LLM's input space: the mean of the visual tokens against the caption's
+    token embeddings. The text feature is the mean of per-token unit vectors, so the score is the average
+    cosine between the pooled image and each caption token (CG-VLM's "averaged similarity")."""
 
-    def __init__(self, bridge_width: int, text_width: int, dim: int):
+    def __init__(self, llm_width: int, dim: int):
         super().__init__()
-        self.vision_proj = nn.Linear(bridge_width, dim)
-        self.text_proj = nn.Linear(text_width, dim)
+        self.vision_proj = nn.Linear(llm_width, dim)
+        self.text_proj = nn.Linear(llm_width, dim)
 
-    def image(self, pooled: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.vision_proj(pooled), dim=-1)
+    def image(self, visual_tokens: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.vision_proj(visual_tokens.float().mean(dim=1)), dim=-1)
 
     def text(self, token_embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        weights = mask.unsqueeze(-1).to(token_embeds.dtype)
-        pooled = (token_embeds * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-        return F.normalize(self.text_proj(pooled.float()), dim=-1)
+        return mean_token_features(F.normalize(self.text_proj(token_embeds.float()), dim=-1), mask)
+
+
+class RoutingStats:
+    """Per-language sums of MoE routing weights seen in training, emptied at every log step."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, langs: list[str], probs: torch.Tensor) -> None:
+        probs = probs.detach().float().cpu()
+        for lang, row in zip(langs, probs):
+            self.sums[lang] = self.sums.get(lang, torch.zeros_like(row)) + row
+            self.counts[lang] = self.counts.get(lang, 0) + 1
+
+    def pop(self, languages: list[str], num_experts: int) -> dict[str, list[float]]:
+        """Mean weight per expert and language over every rank (a collective: call it on all ranks)."""
+        table = torch.zeros(len(languages), num_experts + 1, dtype=torch.float64)
+        for i, lang in enumerate(languages):
+            if lang in self.sums:
+                table[i, :num_experts] = self.sums[lang].double()
+                table[i, num_experts] = self.counts[lang]
+        table = distributed.all_reduce_sum(table)
+        self.sums, self.counts = {}, {}
+        return {lang: (table[i, :num_experts] / table[i, num_experts]).tolist()
+                for i, lang in enumerate(languages) if table[i, num_experts] > 0}
 
 
 class VisionLLM(nn.Module):
@@ -44,9 +121,16 @@ class VisionLLM(nn.Module):
         self.cfg = cfg
         self.vision = vision if vision is not None else ImageEncoder(cfg.vision)
         self.llm = llm if llm is not None else LanguageModel(cfg.llm)
-        self.bridge = build_bridge(cfg.bridge, self.vision.width, self.llm.hidden_size)
-        self.contrastive_head = ContrastiveHead(cfg.bridge.hidden_size, self.llm.hidden_size, cfg.loss.contrastive_dim)
+        self.has_text_branch = cfg.bridge.type == "qformer" and cfg.bridge.text_branch
+        self.bridge_tokenizer = load_bridge_tokenizer(cfg, self.llm.tokenizer) if self.has_text_branch else None
+        self.bridge = build_bridge(cfg, self.vision.width, self.llm.hidden_size,
+                                   len(self.bridge_tokenizer) if self.has_text_branch else 0)
+        self.loss_weights = active_loss_weights(cfg)
+        self.contrastive_head = ContrastiveHead(self.llm.hidden_size, cfg.loss.contrastive_dim)
         self.contrastive_loss = ContrastiveLoss(cfg.loss.init_temperature, cfg.loss.max_logit_scale)
+        if self.has_text_branch:
+            self.itc_loss = ItcLoss(cfg.loss.init_temperature, cfg.loss.max_logit_scale, cfg.loss.itc_label_smoothing)
+        self.routing = RoutingStats()
 
     @property
     def tokenizer(self):
@@ -54,55 +138,151 @@ class VisionLLM(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.bridge.query_tokens.device
+        return self.contrastive_head.vision_proj.weight.device
+
+    @property
+    def bridge_reads_prompt(self) -> bool:
+        return isinstance(self.bridge, MoEProjector)
+
+    @property
+    def uses_itc_retrieval(self) -> bool:
+        """Retrieval ranks by the Q-Former's ITC (max over queries) when it was trained, else by the
+        CG-VLM-style head."""
+        return "itc" in self.loss_weights
+
+    def collator(self) -> Collator:
+        return Collator(self.tokenizer, self.cfg.llm.kind, self.cfg.llm.max_length,
+                        bridge_tokenizer=self.bridge_tokenizer, bridge_max_length=self.cfg.bridge.max_text_length)
 
     # --- training ------------------------------------------------------------------------------
 
-    def visual(self, images: torch.Tensor) -> BridgeOutput:
-        return self.bridge(self.vision(images))
+    def visual(self, images: torch.Tensor, prompt_ids: torch.Tensor | None = None,
+               prompt_mask: torch.Tensor | None = None) -> BridgeOutput:
+        """Images (and, for the MoE router, the prompt's LLM token ids) -> the bridge's output."""
+        tokens = self.vision(images)
+        if self.bridge_reads_prompt and prompt_ids is not None:
+            return self.bridge(tokens, self.llm.embed(prompt_ids), prompt_mask)
+        return self.bridge(tokens)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Returns {"loss": weighted total, "lm": generative loss, "itc": contrastive loss}."""
-        loss_cfg = self.cfg.loss
-        out = self.visual(batch["images"])
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Returns {"loss": the weighted sum, and every active term under its own name}."""
+        weights = self.loss_weights
+        image_tokens = self.vision(batch["images"])
+        itg_states = None
+        if isinstance(self.bridge, QFormer):
+            if "itg" in weights:  # one pass gives the query outputs and the ITG text states (see qformer.py)
+                states = self.bridge.decode(image_tokens, batch["bridge_ids"], batch["bridge_mask"])
+                queries, itg_states = states[:, : self.bridge.num_queries], states[:, self.bridge.num_queries:]
+            else:
+                queries = self.bridge.encode_queries(image_tokens)
+            out = self.bridge.project(queries)
+        elif self.bridge_reads_prompt:
+            out = self.bridge(image_tokens, self.llm.embed(batch["prompt_ids"]), batch["prompt_mask"])
+        else:
+            out = self.bridge(image_tokens)
+
         terms: dict[str, torch.Tensor] = {}
-        if loss_cfg.lm_weight > 0:
+        if "lm" in weights:
             terms["lm"] = self.llm(out.visual_tokens, batch["input_ids"], batch["attention_mask"], batch["labels"])
-        if loss_cfg.contrastive_weight > 0:
-            image_features = self.contrastive_head.image(out.pooled)
-            text_features = self.contrastive_head.text(self.llm.embed(batch["caption_ids"]), batch["caption_mask"])
-            terms["itc"] = self.contrastive_loss(image_features, text_features)
-        total = sum(
-            weight * terms[name]
-            for name, weight in (("lm", loss_cfg.lm_weight), ("itc", loss_cfg.contrastive_weight))
-            if name in terms
-        )
+        if "contrastive" in weights:
+            terms["contrastive"] = self.contrastive_loss(
+                self.contrastive_head.image(out.visual_tokens),
+                self.contrastive_head.text(self.llm.embed(batch["caption_ids"]), batch["caption_mask"]))
+        if self.has_text_branch:
+            terms.update(self._stage1_terms(batch, image_tokens, out.hidden, itg_states))
+        if out.router_probs is not None:
+            if "moe_balance" in weights:
+                terms["moe_balance"] = out.balance_loss
+            if self.training:
+                self.routing.add(batch["langs"], out.router_probs)
+        total = sum(weights[name] * value for name, value in terms.items())
         return {"loss": total, **terms}
+
+    def _stage1_terms(self, batch: dict, image_tokens: torch.Tensor, queries: torch.Tensor,
+                      itg_states: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """BLIP-2 ITC, ITM (hard negatives from the ITC softmax) and ITG on the Q-Former's text branch."""
+        weights, bridge = self.loss_weights, self.bridge
+        ids, mask = batch["bridge_ids"], batch["bridge_mask"]
+        terms: dict[str, torch.Tensor] = {}
+        if "itc" in weights:
+            image_ids = _unique_where_unknown(batch["image_ids"].to(ids.device))
+            text_feats = bridge.text_features(bridge.encode_text(ids, mask))
+            itc = self.itc_loss(bridge.image_features(queries), text_feats, image_ids)
+            terms["itc"] = itc.loss
+            if "itm" in weights:
+                terms["itm"] = self._itm_loss(image_tokens, ids, mask, image_ids, itc)
+        if itg_states is not None:
+            terms["itg"] = itg_loss(bridge.lm_logits(itg_states), ids, mask, self.cfg.loss.itg_label_smoothing)
+        return terms
+
+    def _itm_loss(self, image_tokens, ids, mask, image_ids, itc) -> torch.Tensor:
+        """(text, image) positives, (text, hard negative image) and (hard negative text, image) pairs."""
+        negatives = sample_itm_negatives(itc.sim_i2t, itc.sim_t2i, image_ids, itc.image_ids_all,
+                                         scale=self.itc_loss.scale().detach())
+        all_tokens, all_ids, all_mask = (distributed.all_gather(t) for t in (image_tokens, ids, mask))
+        keep_i, keep_t = negatives.valid_image_neg, negatives.valid_text_neg
+        pair_tokens = torch.cat([image_tokens, all_tokens[negatives.image_for_text][keep_i], image_tokens[keep_t]])
+        pair_ids = torch.cat([ids, ids[keep_i], all_ids[negatives.text_for_image][keep_t]])
+        pair_mask = torch.cat([mask, mask[keep_i], all_mask[negatives.text_for_image][keep_t]])
+        labels = torch.zeros(pair_ids.shape[0], dtype=torch.long, device=ids.device)
+        labels[: ids.shape[0]] = 1
+        logits = self.bridge.itm_logits(self.bridge.encode_multimodal(pair_tokens, pair_ids, pair_mask))
+        return F.cross_entropy(logits.float(), labels)
 
     # --- inference -----------------------------------------------------------------------------
 
+    def _prompt_ids(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = self.tokenizer(prompts, padding=True, return_tensors="pt")
+        return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+
     @torch.no_grad()
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, contrastive_dim), L2-normalised."""
-        return self.contrastive_head.image(self.visual(images).pooled)
+    def route(self, images: torch.Tensor, lang: str) -> BridgeOutput:
+        """The bridge output for images under the captioning prompt of `lang` (what the MoE router reads
+        when no prompt is given, e.g. for retrieval)."""
+        prompt_ids, prompt_mask = self._prompt_ids([caption_prompt(lang)] * images.shape[0])
+        return self.visual(images, prompt_ids, prompt_mask)
+
+    @torch.no_grad()
+    def encode_image(self, images: torch.Tensor, lang: str = "en") -> torch.Tensor:
+        """Retrieval features: (B, Q, itc_dim) per-query features for the Q-Former's ITC, else (B, D)."""
+        if self.uses_itc_retrieval:
+            return self.bridge.image_features(self.bridge.encode_queries(self.vision(images)))
+        out = self.route(images, lang) if self.bridge_reads_prompt else self.visual(images)
+        return self.contrastive_head.image(out.visual_tokens)
 
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> torch.Tensor:
-        """Captions -> (B, contrastive_dim), L2-normalised."""
+        """Captions -> (B, D), L2-normalised: the Q-Former's [CLS] feature for ITC, else the LLM-embedding head."""
+        if self.uses_itc_retrieval:
+            ids, mask = bridge_text_ids(self.bridge_tokenizer, texts, self.cfg.bridge.max_text_length)
+            return self.bridge.text_features(self.bridge.encode_text(ids.to(self.device), mask.to(self.device)))
         enc = self.tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt",
                              truncation=True, max_length=self.cfg.llm.max_length)
         ids, mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
         return self.contrastive_head.text(self.llm.embed(ids), mask)
+
+    @staticmethod
+    def similarity(image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        """(N, M) scores; per-query image features are scored by their best query (BLIP-2's max over queries)."""
+        if image_features.dim() == 3:
+            return torch.einsum("nqd,md->nqm", image_features, text_features).amax(dim=1)
+        return image_features @ text_features.t()
+
+    @torch.no_grad()
+    def itm_scores(self, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        """(B,) ITM "match" logits of image i with text i, for re-ranking ITC candidates (BLIP-2 protocol)."""
+        ids, mask = bridge_text_ids(self.bridge_tokenizer, texts, self.cfg.bridge.max_text_length)
+        states = self.bridge.encode_multimodal(self.vision(images), ids.to(self.device), mask.to(self.device))
+        return self.bridge.itm_logits(states)[:, 1].float()
 
     @torch.no_grad()
     def generate(self, images: torch.Tensor, prompts: list[str], **generate_kwargs) -> list[str]:
         """Answer one prompt per image (a caption instruction or a question in any language)."""
         if len(prompts) != images.shape[0]:
             raise ValueError(f"generate: {images.shape[0]} images but {len(prompts)} prompts")
-        enc = self.tokenizer(prompts, padding=True, return_tensors="pt")
-        prefix = self.visual(images).visual_tokens
-        return self.llm.generate(prefix, enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device),
-                                 **generate_kwargs)
+        prompt_ids, prompt_mask = self._prompt_ids(prompts)
+        prefix = self.visual(images, prompt_ids, prompt_mask).visual_tokens
+        return self.llm.generate(prefix, prompt_ids, prompt_mask, **generate_kwargs)
 
     # --- state ---------------------------------------------------------------------------------
 
@@ -135,6 +315,8 @@ class VisionLLM(nn.Module):
         # The tokenizer gets its own folder: next to a model config.json, transformers' AutoTokenizer
         # would swap a generic tokenizer.json for the model type's own class and pre-tokenizer.
         self.tokenizer.save_pretrained(tmp / RELEASE_TOKENIZER)
+        if self.bridge_tokenizer is not None:
+            self.bridge_tokenizer.save_pretrained(tmp / RELEASE_BRIDGE_TOKENIZER)
         own = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()
                if not k.startswith(("vision.", "llm."))}
         save_file(own, str(tmp / RELEASE_WEIGHTS))
@@ -157,6 +339,8 @@ class VisionLLM(nn.Module):
         raw["vision"]["visual_weights"] = str(folder / RELEASE_VISION / "visual.safetensors")
         raw["llm"]["name"] = str(folder / RELEASE_LLM)
         raw["llm"]["tokenizer"] = str(folder / RELEASE_TOKENIZER)
+        if raw["bridge"].get("tokenizer"):
+            raw["bridge"]["tokenizer"] = str(folder / RELEASE_BRIDGE_TOKENIZER)
         model = cls(config_from_dict(raw))
         own = load_file(str(folder / RELEASE_WEIGHTS))
         missing, unexpected = model.load_state_dict(own, strict=False)
@@ -170,7 +354,15 @@ class VisionLLM(nn.Module):
 RELEASE_VISION = "vision"
 RELEASE_LLM = "llm"
 RELEASE_TOKENIZER = "tokenizer"
+RELEASE_BRIDGE_TOKENIZER = "bridge_tokenizer"
 RELEASE_WEIGHTS = "model.safetensors"
+
+
+def _unique_where_unknown(image_ids: torch.Tensor) -> torch.Tensor:
+    """Examples without an image id (-1) get an id of their own, distinct across ranks."""
+    b = image_ids.shape[0]
+    own = -(1 + distributed.rank() * b + torch.arange(b, device=image_ids.device))
+    return torch.where(image_ids < 0, own, image_ids)
 
 
 def release_config(cfg: Config) -> dict:
@@ -180,5 +372,8 @@ def release_config(cfg: Config) -> dict:
         vision=dataclasses.replace(cfg.vision, name=f"local-dir:{RELEASE_VISION}", pretrained="", model_config_dir="",
                                    visual_weights=f"{RELEASE_VISION}/visual.safetensors"),
         llm=dataclasses.replace(cfg.llm, name=RELEASE_LLM, tokenizer=RELEASE_TOKENIZER, lora_r=0, train_embeddings=False),
+        # The bridge weights are in model.safetensors: nothing is initialised from elsewhere again.
+        bridge=dataclasses.replace(cfg.bridge, init_from="",
+                                   tokenizer=RELEASE_BRIDGE_TOKENIZER if cfg.bridge.text_branch else ""),
     )
     return cfg.to_dict()

@@ -14,8 +14,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from vlm.config import Config
-from vlm.data.collate import Collator
 from vlm.data.pipeline import StreamPosition, TrainStream, fixed_batches, make_train_loader, resolve_shards
+from vlm.model.projectors import MoEProjector
 from vlm.model.vlm import VisionLLM
 from vlm.train import checkpoint, distributed
 from vlm.train.metrics import MetricsLogger
@@ -81,7 +81,7 @@ class Trainer:
         if resume:
             position = self._restore()
 
-        self.collator = Collator(self.model.tokenizer, cfg.llm.kind, cfg.llm.max_length)
+        self.collator = self.model.collator()
         transform = self.model.vision.preprocess
         self.stream = TrainStream(train_urls, cfg.data, transform, self.collator, cfg.train.batch_size,
                                   cfg.train.seed, self.rank, self.world, position)
@@ -95,14 +95,14 @@ class Trainer:
 
         self.ddp = self.model
         if distributed.is_distributed():
-            unused = cfg.loss.lm_weight == 0 or cfg.loss.contrastive_weight == 0
-            self.ddp = DistributedDataParallel(self.model, find_unused_parameters=unused)
+            self.ddp = DistributedDataParallel(self.model, find_unused_parameters=may_skip_parameters(self.model))
         self.bf16 = use_bf16(cfg, self.device)
         self.metrics = MetricsLogger(self.output_dir, cfg.train.tensorboard, enabled=distributed.is_main(),
                                      append=resume)
         if distributed.is_main():
             self.output_dir.mkdir(parents=True, exist_ok=True)
             cfg.save(self.output_dir / "config.json")
+            log.info("bridge %s; training terms %s", cfg.bridge.type, self.model.loss_weights)
 
     # --- resume --------------------------------------------------------------------------------
 
@@ -228,10 +228,26 @@ class Trainer:
             "bad_samples": int(values[-1]),
             "elapsed_s": round(elapsed, 2),
         })
+        if "itc" in self.model.loss_weights:
+            row["itc_logit_scale"] = float(self.model.itc_loss.scale().detach())
         if grad_norm is not None:
             row["grad_norm"] = float(grad_norm)
         self.metrics.log("train", self.step, row)
+        if isinstance(self.model.bridge, MoEProjector):  # mean routing weight per expert, per language
+            self.metrics.log("routing", self.step,
+                             self.model.routing.pop(self.cfg.data.languages, self.cfg.bridge.num_experts))
         return row
+
+
+def may_skip_parameters(model: VisionLLM) -> bool:
+    """Whether a step can leave trainable parameters without a gradient (DDP must then look for them):
+    an inactive loss term's head, or experts that top-k routing did not pick."""
+    terms = set(model.loss_weights)
+    if not {"lm", "contrastive"} <= terms:
+        return True
+    if model.has_text_branch and not {"itc", "itm", "itg"} <= terms:
+        return True
+    return isinstance(model.bridge, MoEProjector) and model.cfg.bridge.top_k > 0
 
 
 def train(cfg: Config, resume: bool = False, model: VisionLLM | None = None) -> TrainResult:
