@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 from transformers import Qwen2Config, Qwen2ForCausalLM, T5Config, T5ForConditionalGeneration
 
 from vlm.config import load_config
-from vlm.data.collate import Collator, Example
+from vlm.data.collate import Example
 from vlm.model.vlm import VisionLLM
 from vlm.parts import train_tokenizer
 
@@ -55,7 +55,7 @@ def batch_for(model: VisionLLM, kind: str, size: int) -> dict:
                         "a small red circle on the left and a big blue square in the centre",
                         "a small red circle on the left and a big blue square in the centre", "en", "caption")
                 for _ in range(size)]
-    return Collator(model.tokenizer, kind, 64)(examples)
+    return model.collator()(examples)
 
 
 def time_variant(parts: dict, overrides: list[str], steps: int, bf16: bool) -> dict:
@@ -83,8 +83,15 @@ def time_variant(parts: dict, overrides: list[str], steps: int, bf16: bool) -> d
             "trainable_params": trainable}
 
 
+STAGE2_ONLY = ["bridge.text_branch=false", "loss.itc_weight=0", "loss.itm_weight=0", "loss.itg_weight=0"]
 VARIANTS = [
-    ("demo config (causal, LoRA r=8 + embeddings), fp32", [], False),
+    ("demo config (Q-Former + ITC/ITM/ITG, causal, LoRA r=8 + embeddings), fp32", [], False),
+    ("Q-Former without ITM", ["loss.itm_weight=0"], False),
+    ("Q-Former query branch only (no ITC/ITM/ITG; mBLIP stage 2)", STAGE2_ONLY, False),
+    ("MoE bridge (4 experts, dense)", ["bridge.type=moe"], False),
+    ("MoE bridge (4 experts, top-1 + balance loss)", ["bridge.type=moe", "bridge.top_k=1",
+                                                      "loss.moe_balance_weight=0.01"], False),
+    ("MLP bridge", ["bridge.type=mlp"], False),
     ("same, bf16 autocast", [], True),
     ("LoRA only (embeddings frozen)", ["llm.train_embeddings=false"], False),
     ("embeddings only (no LoRA)", ["llm.lora_r=0"], False),

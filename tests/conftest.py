@@ -62,7 +62,7 @@ def tiny_parts(tmp_path_factory) -> TinyParts:
     data = root / "data"
     prepare_synthetic(data, n_train=96, n_val=24, langs=LANGUAGES, seed=0, image_size=32, shard_size=24)
     urls = resolve_shards([str(data)], "train")
-    demo = DemoConfig(clip_model="tiny-test-vit", clip_batch_size=8, clip_steps=2, tokenizer_vocab_size=600,
+    demo = DemoConfig(clip_model="tiny-test-vit", clip_batch_size=16, clip_steps=60, tokenizer_vocab_size=600,
                       lm_hidden_size=32, lm_layers=1, lm_heads=2, lm_batch_size=8, lm_steps=2)
     make_clip(urls, demo, str(ROOT / "configs" / "open_clip"), root / "clip")
     make_language_model(urls, LANGUAGES, demo, root / "lm", root / "tokenizer")

@@ -168,6 +168,8 @@ class VisionLLM(nn.Module):
         """Returns {"loss": the weighted sum, and every active term under its own name}."""
         weights = self.loss_weights
         image_tokens = self.vision(batch["images"])
+        if self.has_text_branch:
+            batch = {**batch, **_trim_bridge_text(batch["bridge_ids"], batch["bridge_mask"])}
         itg_states = None
         if isinstance(self.bridge, QFormer):
             if "itg" in weights:  # one pass gives the query outputs and the ITG text states (see qformer.py)
@@ -356,6 +358,14 @@ RELEASE_LLM = "llm"
 RELEASE_TOKENIZER = "tokenizer"
 RELEASE_BRIDGE_TOKENIZER = "bridge_tokenizer"
 RELEASE_WEIGHTS = "model.safetensors"
+
+
+def _trim_bridge_text(ids: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Drop the padding columns no rank uses: the collator pads to bridge.max_text_length so that ranks can
+    gather the text for ITM negatives, but most captions are far shorter (the Q-Former's text passes cost
+    in proportion to the width)."""
+    width = distributed.all_reduce_max(mask.sum(dim=1).max().clone())
+    return {"bridge_ids": ids[:, : int(width)], "bridge_mask": mask[:, : int(width)]}
 
 
 def _unique_where_unknown(image_ids: torch.Tensor) -> torch.Tensor:

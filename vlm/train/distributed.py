@@ -76,6 +76,12 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def all_reduce_max(x: torch.Tensor) -> torch.Tensor:
+    if is_distributed():
+        dist.all_reduce(x, op=dist.ReduceOp.MAX)
+    return x
+
+
 def broadcast_object(obj):
     if not is_distributed():
         return obj

@@ -22,7 +22,6 @@ from vlm.train.metrics import MetricsLogger
 from vlm.train.schedule import make_scheduler
 
 log = logging.getLogger(__name__)
-TENSOR_KEYS = ("images", "input_ids", "attention_mask", "labels", "caption_ids", "caption_mask")
 VAL_BATCHES = 8
 
 
@@ -53,7 +52,7 @@ def build_optimizer(model: VisionLLM, cfg: Config) -> torch.optim.Optimizer:
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: (v.to(device, non_blocking=True) if k in TENSOR_KEYS else v) for k, v in batch.items()}
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
 class Trainer:

@@ -1,0 +1,83 @@
+"""Train and evaluate each bridge (qformer, moe, mlp) on the demo's data and parts with the same budget, and
+print a per-language comparison table (markdown) for benchmarks/RESULTS.md.
+
+Needs a finished `vlm demo` (its data and parts under runs/demo/). Every run is `configs/demo.yaml` with only
+`bridge.type` (and the output folder) changed, trained and evaluated by the same functions `vlm train` and
+`vlm eval` call. Run from the repository root:
+
+    python benchmarks/compare_bridges.py [--bridges qformer moe mlp] [--out runs/bridges]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+from eval.report import write_report
+from eval.runner import evaluate
+from vlm.config import check_paths, load_config
+from vlm.data.pipeline import resolve_shards
+from vlm.train.trainer import train
+
+ROOT = Path(__file__).resolve().parent.parent
+COLUMNS = (("i2t R@1", "retrieval", "i2t_r1"), ("t2i R@1", "retrieval", "t2i_r1"), ("CIDEr", "captioning", "cider"),
+           ("VQA", "vqa", "overall"))
+
+
+def run_bridge(bridge: str, out: Path, overrides: list[str]) -> dict:
+    run_dir = out / bridge
+    shutil.rmtree(run_dir, ignore_errors=True)  # this script's own output: always a fresh run
+    cfg = load_config(ROOT / "configs" / "demo.yaml",
+                      [f"bridge.type={bridge}", f"train.output_dir={run_dir}", "train.progress=false", *overrides])
+    check_paths(cfg)
+    start = time.time()
+    result = train(cfg)
+    train_seconds = time.time() - start
+    results = evaluate(result.model, resolve_shards(cfg.data.val, "val"), cfg.data.languages, cfg.eval,
+                       train_urls=resolve_shards(cfg.data.train, "train"), progress=False)
+    results["training"] = {"steps": result.steps, "seconds": round(train_seconds, 1),
+                           "trainable_params": sum(p.numel() for p in result.model.parameters() if p.requires_grad)}
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    write_report(results, run_dir, run_dir / "metrics.jsonl")
+    return results
+
+
+def table(all_results: dict[str, dict]) -> list[str]:
+    bridges = list(all_results)
+    languages = next(iter(all_results.values()))["languages"]
+    header = ["lang"] + [f"{name} {bridge}" for name, _, _ in COLUMNS for bridge in bridges]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for lang in languages + ["mean"]:
+        cells = [lang]
+        for _, section, key in COLUMNS:
+            for bridge in bridges:
+                per = all_results[bridge]["per_language"]
+                values = [per[lg].get(section, {}).get(key) for lg in (languages if lang == "mean" else [lang])]
+                values = [v for v in values if v is not None]
+                cells.append(f"{sum(values) / len(values):.1f}" if values else "—")
+        lines.append("| " + " | ".join(f"**{c}**" if lang == "mean" else c for c in cells) + " |")
+    lines += ["", "| bridge | trainable params | train seconds | steps | retrieval ranked by |", "|---|---|---|---|---|"]
+    for bridge, results in all_results.items():
+        t = results["training"]
+        ranked = next(iter(results["per_language"].values())).get("retrieval", {}).get("ranked_by", "—")
+        lines.append(f"| {bridge} | {t['trainable_params']:,} | {t['seconds']} | {t['steps']} | {ranked} |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bridges", nargs="+", default=["qformer", "moe", "mlp"])
+    parser.add_argument("--out", default="runs/bridges")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides applied to every bridge")
+    args = parser.parse_args()
+    all_results = {bridge: run_bridge(bridge, Path(args.out), args.overrides) for bridge in args.bridges}
+    lines = table(all_results)
+    (Path(args.out) / "comparison.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
