@@ -92,7 +92,7 @@ VARIANTS = [
     ("MoE bridge (4 experts, top-1 + balance loss)", ["bridge.type=moe", "bridge.top_k=1",
                                                       "loss.moe_balance_weight=0.01"], False),
     ("MLP bridge", ["bridge.type=mlp"], False),
-    ("same, bf16 autocast", [], True),
+    ("demo config, bf16 autocast", [], True),
     ("LoRA only (embeddings frozen)", ["llm.train_embeddings=false"], False),
     ("embeddings only (no LoRA)", ["llm.lora_r=0"], False),
     ("bridge + heads only (no LoRA, embeddings frozen)", ["llm.lora_r=0", "llm.train_embeddings=false"], False),

@@ -55,8 +55,8 @@ def _generate(model: VisionLLM, images: torch.Tensor, prompts: list[str], cfg: E
     return outputs
 
 
-def _encode_images(model: VisionLLM, images: torch.Tensor, batch_size: int, lang: str) -> torch.Tensor:
-    return torch.cat([model.encode_image(images[p].to(model.device), lang=lang).float().cpu()
+def _encode_images(model: VisionLLM, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return torch.cat([model.encode_image(images[p].to(model.device)).float().cpu()
                       for p in _batches(len(images), batch_size)])
 
 
@@ -168,16 +168,13 @@ def evaluate(model: VisionLLM, val_urls: list[str], languages: list[str], cfg: E
     model.eval()
     data = load_eval_set(val_urls, model.vision.preprocess, cfg.max_images)
     train_records = read_records(train_urls, TRAIN_RECORDS_FOR_BASELINES) if train_urls else []
-    # The MoE router reads each language's prompt, so its image features differ per language.
-    image_features = None if model.bridge_reads_prompt else _encode_images(model, data.images, cfg.batch_size, "en")
+    image_features = _encode_images(model, data.images, cfg.batch_size)
     per_language: dict[str, dict] = {}
     for lang in languages:
-        features = image_features if image_features is not None else \
-            _encode_images(model, data.images, cfg.batch_size, lang)
         train_captions = [c for r in train_records for c in r.get("captions", {}).get(lang, [])]
         train_items = [q for r in train_records for q in r.get("qa", []) if q.get("lang") == lang and q.get("answers")]
         sections = {
-            "retrieval": evaluate_retrieval(model, data, features, lang, cfg),
+            "retrieval": evaluate_retrieval(model, data, image_features, lang, cfg),
             "captioning": evaluate_captioning(model, data, lang, cfg, train_captions, progress),
             "vqa": evaluate_vqa(model, data, lang, cfg, train_items, progress),
         }

@@ -69,6 +69,35 @@ def test_moe_expert_usage_in_training_logs_and_the_eval_report(tiny_parts, tmp_p
     assert "| e0 | e1 | e2 |" in report
 
 
+def test_moe_contrastive_image_side_never_reads_the_prompt(tiny_parts, tmp_path):
+    """The router reads the prompt, whose language (and question) match the caption: routed by it, the
+    contrastive image features could match pairs by language alone. They are routed without text, as in
+    retrieval, so neither the prompt nor its language changes them."""
+    from vlm.data.collate import Example
+    from vlm.model.vlm import VisionLLM
+
+    torch.manual_seed(0)
+    model = VisionLLM(tiny_parts.config(tmp_path, "bridge.type=moe")).eval()
+    with torch.no_grad():  # make the router and experts matter
+        for p in model.bridge.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    images = torch.randn(3, 3, 32, 32)
+    captions = ["a small red circle on the left", "ein großer blauer Stern oben", "左边有一个小的红色圆形"]
+    langs = ["en", "de", "zh"]
+
+    def batch(prompts: list[str]) -> dict:
+        return model.collator()([Example(img, p, "x", c, lang, "vqa") for img, p, c, lang in
+                                 zip(images, prompts, captions, langs)])
+
+    with torch.no_grad():
+        a = model(batch(["Question: how many circles? Answer:", "Frage: Welche Farbe? Antwort:", "问题：几个？ 回答："]))
+        b = model(batch(["Caption in English:", "Caption in English:", "Caption in English:"]))
+    assert a["contrastive"].item() == pytest.approx(b["contrastive"].item(), abs=1e-6)
+    assert a["lm"].item() != pytest.approx(b["lm"].item(), abs=1e-6)  # the LM path does read the prompt
+    assert torch.allclose(model.encode_image(images), model.contrastive_head.image(
+        model.bridge(model.vision(images)).visual_tokens))
+
+
 def test_itm_rerank_fixes_the_order_within_the_top_k():
     # ITC puts the right text second for image 0 and third for image 1; ITM knows the truth.
     sim = torch.tensor([[0.5, 0.9, 0.1, 0.0],

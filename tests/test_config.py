@@ -85,7 +85,9 @@ def test_missing_file_and_paths():
     for override, culprit in (("llm.name=./no/such/model", "llm.name"),
                               ("llm.tokenizer=/no/such/tokenizer", "llm.tokenizer"),
                               ("vision.name=local-dir:/no/such/clip", "vision.name"),
-                              ("vision.pretrained=/no/such/weights.safetensors", "vision.pretrained")):
+                              ("vision.pretrained=/no/such/weights.safetensors", "vision.pretrained"),
+                              ("bridge.init_from=/no/such/blip2", "bridge.init_from"),
+                              ("bridge.tokenizer=./no/such/tokenizer", "bridge.tokenizer")):
         with pytest.raises(ConfigError, match=culprit):
             check_paths(load_config(DEMO, HUB + [override]))
 

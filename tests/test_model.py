@@ -132,7 +132,7 @@ def test_retrieval_encoders_use_itc_max_over_queries(causal):
 def test_projector_bridges_retrieve_with_pooled_features(tiny_parts, tmp_path, bridge):
     model = VisionLLM(tiny_parts.config(tmp_path, f"bridge.type={bridge}")).eval()
     assert not model.uses_itc_retrieval and not model.has_text_branch
-    img = model.encode_image(torch.randn(3, 3, 32, 32), lang="de")
+    img = model.encode_image(torch.randn(3, 3, 32, 32))
     txt = model.encode_text(["a red circle", "两个", "ein blauer Stern oben"])
     assert img.shape == txt.shape[:1] + (16,)
     assert torch.allclose(img.norm(dim=-1), torch.ones(3), atol=1e-5)
@@ -165,3 +165,19 @@ def test_open_clip_name_plus_local_weights_file(tiny_parts, tmp_path):
     assert torch.equal(by_name(images), by_dir(images))
     with pytest.raises(ValueError, match="outside the 2 blocks"):
         ImageEncoder(VisionConfig(name=f"local-dir:{tiny_parts.clip}", layer=5))
+
+
+def test_timm_eva_trunk_gives_tokens_at_the_chosen_block():
+    """BLIP-2's encoder is an EVA ViT-g, which open_clip builds as a timm trunk (EVA01-g-14); a tiny EVA here."""
+    from vlm.config import VisionConfig
+    from vlm.model.vision import ImageEncoder
+
+    configs = Path(__file__).resolve().parent.parent / "configs" / "open_clip"
+    encoder = ImageEncoder(VisionConfig(name="tiny-test-eva", model_config_dir=str(configs), layer=-2))
+    assert encoder.width == 192 and encoder.layer_index == 10
+    tokens = encoder(torch.randn(2, 3, 224, 224))
+    assert tokens.shape == (2, 1 + 16 * 16, 192)
+    without_cls = ImageEncoder(VisionConfig(name="tiny-test-eva", model_config_dir=str(configs), layer=-2,
+                                            include_cls=False))
+    without_cls.load_state_dict(encoder.state_dict())
+    assert torch.equal(without_cls(torch.ones(1, 3, 224, 224)), encoder(torch.ones(1, 3, 224, 224))[:, 1:])

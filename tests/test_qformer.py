@@ -19,7 +19,7 @@ from transformers import (
 from vlm.config import BridgeConfig
 from vlm.data.collate import bridge_text_ids
 from vlm.model.qformer import QFormer, attention_mask
-from vlm.model.qformer_weights import blip2_qformer_config, blip2_state_dict, initialise
+from vlm.model.qformer_weights import _checkpoint_files, blip2_qformer_config, blip2_state_dict, initialise
 from vlm.model.vlm import VisionLLM
 
 VISION_WIDTH, LLM_WIDTH = 24, 40
@@ -270,9 +270,14 @@ def _hf_qformer(model: Blip2ForConditionalGeneration, image_tokens: torch.Tensor
     return queries, model.language_projection(queries)
 
 
-def test_blip2_import_matches_transformers(tmp_path):
+@pytest.mark.parametrize("shard_size", [None, "40KB"])
+def test_blip2_import_matches_transformers(tmp_path, shard_size):
     hf = _tiny_blip2()
-    hf.save_pretrained(tmp_path / "blip2")
+    hf.save_pretrained(tmp_path / "blip2", **({"max_shard_size": shard_size} if shard_size else {}))
+    if shard_size:  # only the shards holding Q-Former tensors are opened
+        wanted = {k for k in hf.state_dict() if k.startswith(("qformer.", "query_tokens", "language_projection"))}
+        opened = _checkpoint_files(str(tmp_path / "blip2"), wanted.__contains__)
+        assert 1 <= len(opened) < len(list((tmp_path / "blip2").glob("*.safetensors")))
     ours = QFormer(_cfg(), VISION_WIDTH, LLM_WIDTH).eval()
     initialise(ours, str(tmp_path / "blip2"), cross_attention_freq=2)
     image_tokens = torch.randn(2, 5, VISION_WIDTH) * 3
@@ -291,7 +296,10 @@ def test_blip2_export_round_trips_through_transformers(tmp_path):
     hf = _tiny_blip2()
     missing, unexpected = hf.load_state_dict(state, strict=False)
     assert not unexpected and not any(k.startswith(("qformer.", "query_tokens", "language_projection")) for k in missing)
-    assert blip2_qformer_config(ours, 2)["qformer_config"]["cross_attention_frequency"] == 2
+    described = blip2_qformer_config(ours, 2)
+    assert described["num_query_tokens"] == hf.config.num_query_tokens
+    for key, value in described["qformer_config"].items():
+        assert getattr(hf.config.qformer_config, key) == value, key
     image_tokens = torch.randn(2, 5, VISION_WIDTH)
     with torch.no_grad():
         _, their_tokens = _hf_qformer(hf, image_tokens)

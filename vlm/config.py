@@ -418,6 +418,9 @@ def check_paths(cfg: Config) -> None:
     _check_local_path(cfg.vision.visual_weights, "vision.visual_weights")
     _check_local_path(cfg.llm.name, "llm.name")
     _check_local_path(cfg.llm.tokenizer, "llm.tokenizer")
+    if cfg.bridge.type == "qformer":
+        _check_local_path(cfg.bridge.init_from, "bridge.init_from")
+        _check_local_path(cfg.bridge.tokenizer, "bridge.tokenizer")
 
 
 def _check_local_path(value: str, key: str) -> None:

@@ -33,13 +33,23 @@ def load_from_checkpoint(path: str | Path, cfg: Config | None = None) -> VisionL
     return model.eval()
 
 
+def bridge_summary(cfg: Config) -> str:
+    b = cfg.bridge
+    if b.type == "qformer":
+        text = ", text branch (ITC/ITM/ITG)" if b.text_branch else ""
+        return f"BLIP-2 Q-Former, {b.num_queries} queries, {b.num_layers} layers, width {b.hidden_size}{text}"
+    if b.type == "moe":
+        routing = f"top-{b.top_k}" if b.top_k else "dense"
+        return f"Parrot-style MoE projector, {b.num_experts} SwiGLU experts, {routing} routing by the prompt"
+    return "MLP projector (LLaVA mlp2x_gelu)"
+
+
 def model_card(cfg: Config, results: dict | None) -> str:
     lines = [
         "# Multilingual vision-LLM",
         "",
         f"- image encoder: open_clip `{cfg.vision.name}` (frozen, block {cfg.vision.layer})",
-        f"- bridge: {cfg.bridge.type}, {cfg.bridge.num_queries} queries, {cfg.bridge.num_layers} layers, "
-        f"width {cfg.bridge.hidden_size}",
+        f"- bridge: {bridge_summary(cfg)}",
         f"- language model: `{cfg.llm.name}` ({cfg.llm.kind}; frozen"
         + (f", LoRA r={cfg.llm.lora_r} merged" if cfg.llm.lora_r else "")
         + (", embeddings trained" if cfg.llm.train_embeddings else "") + ")",

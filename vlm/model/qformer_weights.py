@@ -171,22 +171,48 @@ def blip2_qformer_config(qformer: QFormer, cross_attention_freq: int) -> dict:
     }
 
 
-def _weight_files(folder: Path) -> list[Path]:
-    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        index = folder / index_name
-        if index.is_file():
-            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            return [folder / n for n in names]
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (folder / name).is_file():
-            return [folder / name]
-    raise FileNotFoundError(f"'bridge.init_from' {folder}: no model.safetensors or pytorch_model.bin found")
+_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+_SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
-def _read_tensors(folder: Path, wanted) -> dict[str, torch.Tensor]:
-    """Only the tensors whose key satisfies `wanted`: a 7B BLIP-2 checkpoint is never loaded whole."""
+def _checkpoint_files(name_or_path: str, wanted) -> list[Path]:
+    """The weight files that hold a key satisfying `wanted`: for a sharded checkpoint only those shards are
+    opened (or, for a hub id, downloaded), so a 7B BLIP-2's LLM shards are never fetched."""
+    folder = Path(name_or_path)
+    if folder.is_dir():
+        fetch = (lambda name: folder / name if (folder / name).is_file() else None)
+    else:
+        fetch = _hub_fetcher(name_or_path)
+    for index_name in _INDEXES:
+        index = fetch(index_name)
+        if index is not None:
+            weight_map = json.loads(Path(index).read_text())["weight_map"]
+            shards = sorted({shard for key, shard in weight_map.items() if wanted(key)})
+            return [Path(fetch(shard)) for shard in shards]
+    for name in _SINGLE_FILES:
+        found = fetch(name)
+        if found is not None:
+            return [Path(found)]
+    raise FileNotFoundError(f"'bridge.init_from' {name_or_path}: no model.safetensors or pytorch_model.bin found")
+
+
+def _hub_fetcher(repo_id: str):
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    def fetch(name: str) -> str | None:
+        try:
+            return hf_hub_download(repo_id, name)
+        except EntryNotFoundError:
+            return None
+
+    return fetch
+
+
+def _read_tensors(files: list[Path], wanted) -> dict[str, torch.Tensor]:
+    """Only the tensors whose key satisfies `wanted`."""
     out: dict[str, torch.Tensor] = {}
-    for path in _weight_files(folder):
+    for path in files:
         if path.suffix == ".safetensors":
             with safe_open(str(path), framework="pt") as f:
                 out.update({k: f.get_tensor(k) for k in f.keys() if wanted(k)})
@@ -194,16 +220,6 @@ def _read_tensors(folder: Path, wanted) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             out.update({k: v for k, v in state.items() if wanted(k)})
     return out
-
-
-def _local_folder(name_or_path: str) -> Path:
-    path = Path(name_or_path)
-    if path.is_dir():
-        return path
-    from huggingface_hub import snapshot_download
-
-    # Only the config and weight files; the Q-Former is then read key by key out of the shards.
-    return Path(snapshot_download(name_or_path, allow_patterns=["config.json", "*.safetensors", "*.json"]))
 
 
 def import_blip2(qformer: QFormer, name_or_path: str, config: dict, cross_attention_freq: int) -> list[str]:
@@ -228,7 +244,8 @@ def import_blip2(qformer: QFormer, name_or_path: str, config: dict, cross_attent
 
     ours = qformer.state_dict()
     by_blip2_key = {_blip2_key(k): k for k in ours}
-    tensors = _read_tensors(_local_folder(source), lambda k: k in by_blip2_key)
+    wanted = by_blip2_key.__contains__
+    tensors = _read_tensors(_checkpoint_files(source, wanted), wanted)
     state = {by_blip2_key[k]: v.float() for k, v in tensors.items()}
     projection = state.get("language_projection.weight")
     if projection is not None and projection.shape != ours["language_projection.weight"].shape:

@@ -57,6 +57,17 @@ def _quiet_root_logger():
         logging.root.setLevel(level)
 
 
+def _blocks_and_width(visual: nn.Module, name: str) -> tuple[int, int]:
+    """Depth and token width of open_clip's own ViT or of a timm trunk (EVA ViT-g, BLIP-2's encoder, is one)."""
+    if hasattr(visual, "transformer"):
+        return len(visual.transformer.resblocks), visual.transformer.width
+    trunk = getattr(visual, "trunk", None)
+    if trunk is not None and hasattr(trunk, "blocks") and hasattr(trunk, "embed_dim"):
+        return len(trunk.blocks), trunk.embed_dim
+    raise ValueError(f"vision.name '{name}': {type(visual).__name__} is not a ViT with patch tokens "
+                     "(open_clip's VisionTransformer or a timm ViT/EVA trunk)")
+
+
 class ImageEncoder(nn.Module):
     """open_clip visual tower, frozen and kept in eval mode: images (B,3,H,W) -> tokens (B, N, D)."""
 
@@ -67,12 +78,11 @@ class ImageEncoder(nn.Module):
         self.architecture = architecture
         self.visual = clip_model.visual  # the text tower is dropped here
         self.preprocess = preprocess  # eval transform, used for training and evaluation alike
-        num_blocks = len(self.visual.transformer.resblocks)
+        num_blocks, self.width = _blocks_and_width(self.visual, cfg.name)
         layer = cfg.layer if cfg.layer >= 0 else num_blocks + cfg.layer
         if not 0 <= layer < num_blocks:
             raise ValueError(f"vision.layer={cfg.layer} is outside the {num_blocks} blocks of '{cfg.name}'")
         self.layer_index = layer
-        self.width = self.visual.transformer.width
         self.visual.requires_grad_(False)
         self.visual.eval()
 

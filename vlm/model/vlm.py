@@ -187,8 +187,12 @@ class VisionLLM(nn.Module):
         if "lm" in weights:
             terms["lm"] = self.llm(out.visual_tokens, batch["input_ids"], batch["attention_mask"], batch["labels"])
         if "contrastive" in weights:
+            # A prompt-routed MoE would leak the pair's language (and a VQA question's content) into the image
+            # side, letting in-batch matching succeed on language alone; its contrastive features are routed
+            # without text (uniform mixture), exactly as retrieval computes them.
+            visual_tokens = self.bridge(image_tokens).visual_tokens if self.bridge_reads_prompt else out.visual_tokens
             terms["contrastive"] = self.contrastive_loss(
-                self.contrastive_head.image(out.visual_tokens),
+                self.contrastive_head.image(visual_tokens),
                 self.contrastive_head.text(self.llm.embed(batch["caption_ids"]), batch["caption_mask"]))
         if self.has_text_branch:
             terms.update(self._stage1_terms(batch, image_tokens, out.hidden, itg_states))
@@ -239,18 +243,17 @@ class VisionLLM(nn.Module):
 
     @torch.no_grad()
     def route(self, images: torch.Tensor, lang: str) -> BridgeOutput:
-        """The bridge output for images under the captioning prompt of `lang` (what the MoE router reads
-        when no prompt is given, e.g. for retrieval)."""
+        """The bridge output for images under the captioning prompt of `lang` (MoE expert-usage statistics)."""
         prompt_ids, prompt_mask = self._prompt_ids([caption_prompt(lang)] * images.shape[0])
         return self.visual(images, prompt_ids, prompt_mask)
 
     @torch.no_grad()
-    def encode_image(self, images: torch.Tensor, lang: str = "en") -> torch.Tensor:
-        """Retrieval features: (B, Q, itc_dim) per-query features for the Q-Former's ITC, else (B, D)."""
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """Retrieval features: (B, Q, itc_dim) per-query features for the Q-Former's ITC, else (B, D) from the
+        pooled visual tokens (a MoE routed without text: language-neutral, as in training)."""
         if self.uses_itc_retrieval:
             return self.bridge.image_features(self.bridge.encode_queries(self.vision(images)))
-        out = self.route(images, lang) if self.bridge_reads_prompt else self.visual(images)
-        return self.contrastive_head.image(out.visual_tokens)
+        return self.contrastive_head.image(self.visual(images).visual_tokens)
 
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> torch.Tensor:
