@@ -1,11 +1,12 @@
-"""Train and evaluate each bridge (qformer, moe, mlp) on the demo's data and parts with the same budget, and
-print a per-language comparison table (markdown) for benchmarks/RESULTS.md.
+"""Train and evaluate each bridge on the demo's data and parts with the same budget, and print a per-language
+comparison table (markdown) for benchmarks/RESULTS.md.
 
 Needs a finished `vlm demo` (its data and parts under runs/demo/). Every run is `configs/demo.yaml` with only
-`bridge.type` (and the output folder) changed, trained and evaluated by the same functions `vlm train` and
-`vlm eval` call. Run from the repository root:
+the bridge keys of its variant (and the output folder) changed, trained and evaluated by the same functions
+`vlm train` and `vlm eval` call. `--reuse` takes a variant's results.json from an earlier run of this script
+instead of training it again. Run from the repository root:
 
-    python benchmarks/compare_bridges.py [--bridges qformer moe mlp] [--out runs/bridges]
+    python benchmarks/compare_bridges.py [--bridges qformer moe moe-parrot mlp] [--out runs/bridges] [--reuse]
 """
 
 from __future__ import annotations
@@ -23,15 +24,23 @@ from vlm.data.pipeline import resolve_shards
 from vlm.train.trainer import train
 
 ROOT = Path(__file__).resolve().parent.parent
+VARIANTS = {
+    "qformer": ["bridge.type=qformer"],
+    "moe": ["bridge.type=moe"],
+    "moe-parrot": ["bridge.type=moe", "bridge.moe_init=parrot"],  # Parrot's 0.1 * V residual, random experts
+    "mlp": ["bridge.type=mlp"],
+}
 COLUMNS = (("i2t R@1", "retrieval", "i2t_r1"), ("t2i R@1", "retrieval", "t2i_r1"), ("CIDEr", "captioning", "cider"),
            ("VQA", "vqa", "overall"))
 
 
-def run_bridge(bridge: str, out: Path, overrides: list[str]) -> dict:
-    run_dir = out / bridge
+def run_bridge(variant: str, out: Path, overrides: list[str], reuse: bool) -> dict:
+    run_dir = out / variant
+    if reuse and (run_dir / "results.json").is_file():
+        return json.loads((run_dir / "results.json").read_text())
     shutil.rmtree(run_dir, ignore_errors=True)  # this script's own output: always a fresh run
     cfg = load_config(ROOT / "configs" / "demo.yaml",
-                      [f"bridge.type={bridge}", f"train.output_dir={run_dir}", "train.progress=false", *overrides])
+                      [*VARIANTS[variant], f"train.output_dir={run_dir}", "train.progress=false", *overrides])
     check_paths(cfg)
     start = time.time()
     result = train(cfg)
@@ -69,11 +78,12 @@ def table(all_results: dict[str, dict]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--bridges", nargs="+", default=["qformer", "moe", "mlp"])
+    parser.add_argument("--bridges", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--out", default="runs/bridges")
+    parser.add_argument("--reuse", action="store_true", help="reuse a variant's results.json when present")
     parser.add_argument("overrides", nargs="*", help="dotted overrides applied to every bridge")
     args = parser.parse_args()
-    all_results = {bridge: run_bridge(bridge, Path(args.out), args.overrides) for bridge in args.bridges}
+    all_results = {bridge: run_bridge(bridge, Path(args.out), args.overrides, args.reuse) for bridge in args.bridges}
     lines = table(all_results)
     (Path(args.out) / "comparison.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -81,8 +81,14 @@ def rerank_with_itm(sim: torch.Tensor, score_pairs: Callable[[list[int], list[in
     return torch.stack(out)
 
 
+def _vision_tokens(model: VisionLLM, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """The frozen encoder's tokens of every image, kept on the CPU for ITM re-ranking (as LAVIS does), so the
+    encoder runs once per image, not once per candidate pair."""
+    return torch.cat([model.vision(images[p].to(model.device)).cpu() for p in _batches(len(images), batch_size)])
+
+
 def evaluate_retrieval(model: VisionLLM, data: EvalSet, image_features: torch.Tensor, lang: str,
-                       cfg: EvalConfig) -> dict | None:
+                       cfg: EvalConfig, vision_tokens: torch.Tensor | None = None) -> dict | None:
     texts, owners = [], []
     for i, record in enumerate(data.records):
         for caption in record.get("captions", {}).get(lang, [])[:1]:
@@ -95,9 +101,9 @@ def evaluate_retrieval(model: VisionLLM, data: EvalSet, image_features: torch.Te
     owners = torch.tensor(owners)
     scores = recall_at_k(sim, owners, ks=cfg.ks)
     scores["ranked_by"] = "itc" if model.uses_itc_retrieval else "contrastive"
-    if cfg.itm_rerank_k and model.has_text_branch:
+    if vision_tokens is not None:
         def score_pairs(image_index: list[int], text_index: list[int]) -> torch.Tensor:
-            return torch.cat([model.itm_scores(data.images[image_index[p]].to(model.device),
+            return torch.cat([model.itm_scores(vision_tokens[image_index[p]].to(model.device),
                                                [texts[j] for j in text_index[p]]).cpu()
                               for p in _batches(len(image_index), cfg.batch_size)])
 
@@ -169,12 +175,14 @@ def evaluate(model: VisionLLM, val_urls: list[str], languages: list[str], cfg: E
     data = load_eval_set(val_urls, model.vision.preprocess, cfg.max_images)
     train_records = read_records(train_urls, TRAIN_RECORDS_FOR_BASELINES) if train_urls else []
     image_features = _encode_images(model, data.images, cfg.batch_size)
+    rerank = cfg.itm_rerank_k > 0 and "itm" in model.loss_weights
+    vision_tokens = _vision_tokens(model, data.images, cfg.batch_size) if rerank else None
     per_language: dict[str, dict] = {}
     for lang in languages:
         train_captions = [c for r in train_records for c in r.get("captions", {}).get(lang, [])]
         train_items = [q for r in train_records for q in r.get("qa", []) if q.get("lang") == lang and q.get("answers")]
         sections = {
-            "retrieval": evaluate_retrieval(model, data, image_features, lang, cfg),
+            "retrieval": evaluate_retrieval(model, data, image_features, lang, cfg, vision_tokens),
             "captioning": evaluate_captioning(model, data, lang, cfg, train_captions, progress),
             "vqa": evaluate_vqa(model, data, lang, cfg, train_items, progress),
         }

@@ -274,10 +274,11 @@ class VisionLLM(nn.Module):
         return image_features @ text_features.t()
 
     @torch.no_grad()
-    def itm_scores(self, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
-        """(B,) ITM "match" logits of image i with text i, for re-ranking ITC candidates (BLIP-2 protocol)."""
+    def itm_scores(self, image_tokens: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        """(B,) ITM "match" logits of image i with text i, for re-ranking ITC candidates (BLIP-2 protocol).
+        Takes the frozen encoder's tokens (`self.vision(images)`), computed once per image by the caller."""
         ids, mask = bridge_text_ids(self.bridge_tokenizer, texts, self.cfg.bridge.max_text_length)
-        states = self.bridge.encode_multimodal(self.vision(images), ids.to(self.device), mask.to(self.device))
+        states = self.bridge.encode_multimodal(image_tokens, ids.to(self.device), mask.to(self.device))
         return self.bridge.itm_logits(states)[:, 1].float()
 
     @torch.no_grad()
