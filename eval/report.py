@@ -254,6 +254,9 @@ def write_report(results: dict, out_dir: Path, metrics_path: Path | None = None)
     lines = ["# Evaluation report", "", f"Languages: {', '.join(languages)}"]
     if "bridge" in results:
         lines.append(f"Bridge: {results['bridge']}")
+    protocols = {s.get("retrieval", {}).get("protocol") for s in per_language.values()} - {None}
+    if protocols:
+        lines.append("Retrieval protocol: " + "; ".join(sorted(protocols)))
     ranked_by = {s.get("retrieval", {}).get("ranked_by") for s in per_language.values()} - {None}
     if ranked_by:
         lines.append("Retrieval ranked by: " + ", ".join(sorted(ranked_by)) +

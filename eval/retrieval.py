@@ -69,25 +69,26 @@ def recall_at_k(
 
 
 def chance_recall(
-    n_images: int, n_texts_per_image: int = 1, ks: Sequence[int] = DEFAULT_KS
+    n_images: int, n_texts_per_image: int | Sequence[int] = 1, ks: Sequence[int] = DEFAULT_KS
 ) -> dict[str, float]:
     """Expected R@k of random scores, the floor every recall_at_k number should be read against.
 
-    t2i: one positive among n_images, so k / n_images. i2t: m positives among n_images * m texts,
-    so the chance that a random top k misses all of them is C(n_texts - m, k) / C(n_texts, k).
-    Returns ``{"chance_i2t_r{k}": pct, ..., "chance_t2i_r{k}": pct, ...}`` (identical when m = 1).
+    t2i: one positive among n_images, so k / n_images. i2t: an image with m positives among all texts T
+    misses with probability C(T - m, k) / C(T, k); with per-image counts (a list, one per image) the
+    chance is averaged over the images. Returns ``{"chance_i2t_r{k}": pct, ..., "chance_t2i_r{k}": pct, ...}``.
     """
     _check_ks(ks)
-    if n_images < 1 or n_texts_per_image < 1:
+    counts = [n_texts_per_image] * n_images if isinstance(n_texts_per_image, int) else list(n_texts_per_image)
+    if n_images < 1 or len(counts) != n_images or min(counts) < 1:
         raise ValueError(
-            f"n_images and n_texts_per_image must be >= 1, got {n_images} and {n_texts_per_image}"
+            f"need n_images >= 1 and one count >= 1 per image, got {n_images} images and counts {counts[:5]}"
         )
-    n_texts = n_images * n_texts_per_image
+    n_texts = sum(counts)
     out: dict[str, float] = {}
     for k in ks:
         # math.comb returns 0 when k > n_texts - m, giving a certain hit as it should.
-        miss = comb(n_texts - n_texts_per_image, k) / comb(n_texts, k) if k <= n_texts else 0.0
-        out[f"chance_i2t_r{k}"] = 100.0 * (1.0 - miss)
+        misses = [comb(n_texts - m, k) / comb(n_texts, k) if k <= n_texts else 0.0 for m in counts]
+        out[f"chance_i2t_r{k}"] = 100.0 * (1.0 - sum(misses) / n_images)
     for k in ks:
         out[f"chance_t2i_r{k}"] = 100.0 * min(k / n_images, 1.0)
     return out

@@ -87,23 +87,36 @@ def _vision_tokens(model: VisionLLM, images: torch.Tensor, batch_size: int) -> t
     return torch.cat([model.vision(images[p].to(model.device)).cpu() for p in _batches(len(images), batch_size)])
 
 
+def retrieval_texts(records: list[dict], lang: str, mode: str) -> tuple[list[int], list[str], list[int], list[int]]:
+    """The retrieval gallery of one language: (kept image indices, texts, owner of each text as a position in
+    the kept images, captions per kept image). mode "first": each image's first caption (CLIP_benchmark's
+    XM3600 protocol); "all": every caption. Images without a caption in `lang` take no part."""
+    images, texts, owners, counts = [], [], [], []
+    for i, record in enumerate(records):
+        captions = record.get("captions", {}).get(lang, [])
+        captions = captions[:1] if mode == "first" else captions
+        if captions:
+            texts += captions
+            owners += [len(images)] * len(captions)
+            counts.append(len(captions))
+            images.append(i)
+    return images, texts, owners, counts
+
+
 def evaluate_retrieval(model: VisionLLM, data: EvalSet, image_features: torch.Tensor, lang: str,
                        cfg: EvalConfig, vision_tokens: torch.Tensor | None = None) -> dict | None:
-    texts, owners = [], []
-    for i, record in enumerate(data.records):
-        for caption in record.get("captions", {}).get(lang, [])[:1]:
-            texts.append(caption)
-            owners.append(i)
+    images, texts, owners, counts = retrieval_texts(data.records, lang, cfg.retrieval_captions)
     if not texts:
         return None
     text_features = torch.cat([model.encode_text(texts[p]).float().cpu() for p in _batches(len(texts), cfg.batch_size)])
-    sim = model.similarity(image_features, text_features)
+    sim = model.similarity(image_features[images], text_features)
     owners = torch.tensor(owners)
     scores = recall_at_k(sim, owners, ks=cfg.ks)
-    scores["ranked_by"] = "itc" if model.uses_itc_retrieval else "contrastive"
+    scores.update(ranked_by="itc" if model.uses_itc_retrieval else "contrastive", n_images=len(images),
+                  n_texts=len(texts), protocol=f"hit@k as CLIP_benchmark; captions: {cfg.retrieval_captions}")
     if vision_tokens is not None:
         def score_pairs(image_index: list[int], text_index: list[int]) -> torch.Tensor:
-            return torch.cat([model.itm_scores(vision_tokens[image_index[p]].to(model.device),
+            return torch.cat([model.itm_scores(vision_tokens[[images[i] for i in image_index[p]]].to(model.device),
                                                [texts[j] for j in text_index[p]]).cpu()
                               for p in _batches(len(image_index), cfg.batch_size)])
 
@@ -113,7 +126,7 @@ def evaluate_retrieval(model: VisionLLM, data: EvalSet, image_features: torch.Te
         scores.update({f"itm_{name}": value for name, value in reranked.items() if name.startswith("i2t")})
         scores.update({f"itm_{name}": value for name, value in reranked_t2i.items() if name.startswith("t2i")})
         scores["itm_rerank_k"] = cfg.itm_rerank_k
-    scores.update(chance_recall(len(data.keys), 1, ks=cfg.ks))
+    scores.update(chance_recall(len(images), counts, ks=cfg.ks))
     return scores
 
 

@@ -10,7 +10,7 @@ import torch
 
 from eval.report import write_report
 from eval.retrieval import recall_at_k
-from eval.runner import evaluate, rerank_with_itm
+from eval.runner import evaluate, rerank_with_itm, retrieval_texts
 from vlm.data.pipeline import fixed_batches, resolve_shards
 from vlm.train.metrics import read_metrics
 from vlm.train.trainer import train
@@ -98,6 +98,14 @@ def test_moe_contrastive_image_side_never_reads_the_prompt(tiny_parts, tmp_path)
         model.bridge(model.vision(images)).visual_tokens))
 
 
+def test_retrieval_gallery_first_or_all_captions():
+    records = [{"captions": {"de": ["a", "b"], "en": ["x"]}}, {"captions": {"en": ["y"]}},
+               {"captions": {"de": ["c", "d", "e"]}}]
+    assert retrieval_texts(records, "de", "first") == ([0, 2], ["a", "c"], [0, 1], [1, 1])
+    assert retrieval_texts(records, "de", "all") == ([0, 2], ["a", "b", "c", "d", "e"], [0, 0, 1, 1, 1], [2, 3])
+    assert retrieval_texts(records, "fr", "all") == ([], [], [], [])
+
+
 def test_itm_rerank_fixes_the_order_within_the_top_k():
     # ITC puts the right text second for image 0 and third for image 1; ITM knows the truth.
     sim = torch.tensor([[0.5, 0.9, 0.1, 0.0],
@@ -119,12 +127,15 @@ def test_itm_rerank_fixes_the_order_within_the_top_k():
     assert i2t[0, 2] < i2t[0].topk(2).values.min()
 
 
-def test_eval_with_itm_rerank_on_a_qformer(tiny_parts, tmp_path):
-    cfg = tiny_parts.config(tmp_path, "eval.itm_rerank_k=3", "train.max_steps=2")
+@pytest.mark.parametrize("captions", ["first", "all"])
+def test_eval_with_itm_rerank_on_a_qformer(tiny_parts, tmp_path, captions):
+    cfg = tiny_parts.config(tmp_path, "eval.itm_rerank_k=3", "train.max_steps=2", f"eval.retrieval_captions={captions}")
     model = train(cfg).model
     results = evaluate(model, resolve_shards(cfg.data.val, "val"), cfg.data.languages[:2], cfg.eval, progress=False)
     retrieval = results["per_language"][cfg.data.languages[0]]["retrieval"]
     assert retrieval["ranked_by"] == "itc" and retrieval["itm_rerank_k"] == 3
     assert {"itm_i2t_r1", "itm_t2i_r1", "i2t_r1", "t2i_r1"} <= set(retrieval)
+    assert retrieval["protocol"] == f"hit@k as CLIP_benchmark; captions: {captions}"
+    assert retrieval["n_texts"] >= retrieval["n_images"] == results["n_images"]
     report = write_report(results, tmp_path / "report").read_text()
-    assert "Retrieval re-ranked by ITM" in report
+    assert "Retrieval re-ranked by ITM" in report and "Retrieval protocol: hit@k" in report

@@ -65,6 +65,7 @@ def test_round_trip_through_dict():
         ("bridge.text_branch=false", "loss.itc_weight"),  # the demo's Q-Former trains ITC on its text branch
         ("loss.itc_weight=0", "loss.itm_weight"),  # ITM negatives come from the ITC similarities
         ("loss.itc_label_smoothing=1.0", "loss.itc_label_smoothing"),
+        ("eval.retrieval_captions=some", "eval.retrieval_captions"),
     ],
 )
 def test_bad_values_fail_with_one_line_naming_the_key(override, culprit):

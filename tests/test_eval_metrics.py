@@ -46,6 +46,31 @@ def test_recall_3x6_several_texts_per_image():
     )
 
 
+def _clip_benchmark_recall(scores_t2i: torch.Tensor, positive_pairs: torch.Tensor, k: int) -> float:
+    """CLIP_benchmark's formula (clip_benchmark/metrics/zeroshot_retrieval.py): per query, the share of its
+    positives within the top k, binarised (> 0) and averaged. scores (queries, candidates)."""
+    topk = scores_t2i.topk(k, dim=1).indices
+    topk_onehot = torch.nn.functional.one_hot(topk, num_classes=scores_t2i.shape[1]).sum(dim=1)  # (queries, n)
+    true_positives = (topk_onehot * positive_pairs).sum(dim=1)
+    return 100.0 * (true_positives / positive_pairs.sum(dim=1) > 0).float().mean().item()
+
+
+@pytest.mark.parametrize("captions_per_image", [1, 2, 5])
+def test_recall_equals_clip_benchmark_formula_on_random_scores(captions_per_image):
+    """Hit-based R@k as CLIP_benchmark defines it; its "image_retrieval_recall" is our t2i and its
+    "text_retrieval_recall" our i2t. Random float scores have no ties, where the two would differ."""
+    torch.manual_seed(captions_per_image)
+    n_images = 40
+    owners = torch.arange(n_images).repeat_interleave(captions_per_image)
+    sim = torch.randn(n_images, len(owners))
+    sim += 1.5 * (owners[None, :] == torch.arange(n_images)[:, None])  # some signal, so recalls are not ~k/n
+    positive = (owners[None, :] == torch.arange(n_images)[:, None]).long()  # (images, texts)
+    ours = recall_at_k(sim, owners, ks=(1, 5, 10))
+    for k in (1, 5, 10):
+        assert ours[f"t2i_r{k}"] == pytest.approx(_clip_benchmark_recall(sim.t(), positive.t(), k))
+        assert ours[f"i2t_r{k}"] == pytest.approx(_clip_benchmark_recall(sim, positive, k))
+
+
 def test_recall_ties_count_against_the_model():
     # A collapsed model: every rank is the worst one, so only k >= n hits.
     r = recall_at_k(torch.ones(3, 3), torch.tensor([0, 1, 2]), ks=(1, 2, 3))
@@ -94,6 +119,25 @@ def test_chance_recall_closed_form_and_monte_carlo():
         for k in (1, 2, 3):
             estimate = sum(t[f"{direction}_r{k}"] for t in trials) / len(trials)
             assert estimate == pytest.approx(expected[f"chance_{direction}_r{k}"], abs=2.5)
+
+
+def test_chance_recall_with_a_ragged_number_of_captions():
+    counts = [1, 2, 3]  # XM3600 has 1 to 3+ captions per image and language
+    expected = chance_recall(3, counts, ks=(1, 2))
+    # T = 6 texts; i2t misses: C(6-m, k) / C(6, k) per image, averaged over the images
+    miss_k1 = [(6 - m) / 6 for m in counts]
+    miss_k2 = [(6 - m) * (5 - m) / 30 for m in counts]
+    assert expected["chance_i2t_r1"] == pytest.approx(100 * (1 - sum(miss_k1) / 3))
+    assert expected["chance_i2t_r2"] == pytest.approx(100 * (1 - sum(miss_k2) / 3))
+    assert chance_recall(3, [2, 2, 2], ks=(1, 2)) == pytest.approx(chance_recall(3, 2, ks=(1, 2)))
+    gen = torch.Generator().manual_seed(1)
+    owners = torch.tensor([0, 1, 1, 2, 2, 2])
+    trials = [recall_at_k(torch.rand(3, 6, generator=gen), owners, ks=(1, 2)) for _ in range(1500)]
+    for k in (1, 2):
+        estimate = sum(t[f"i2t_r{k}"] for t in trials) / len(trials)
+        assert estimate == pytest.approx(expected[f"chance_i2t_r{k}"], abs=2.5)
+    with pytest.raises(ValueError, match="one count >= 1 per image"):
+        chance_recall(3, [1, 0, 2])
 
 
 # ---------------------------------------------------------------- captioning tokens

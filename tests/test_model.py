@@ -126,6 +126,7 @@ def test_retrieval_encoders_use_itc_max_over_queries(causal):
     sim = causal.similarity(img, txt)
     hand = torch.tensor([[max(float(q @ t) for q in img[i]) for t in txt] for i in range(3)])
     assert torch.allclose(sim, hand, atol=1e-6)
+    assert torch.allclose(causal.similarity(img, txt, chunk=2), sim)  # chunked over images, same scores
 
 
 @pytest.mark.parametrize("bridge", ["mlp", "moe"])

@@ -162,6 +162,9 @@ class EvalConfig:
     num_beams: int = 1
     batch_size: int = 64
     samples_per_language: int = 3  # sample captions kept in results.json
+    # first: each image's first caption only (CLIP_benchmark's XM3600 protocol, 1:1 pairs); all: every caption
+    # (an image hits i2t when any of its captions is in the top k).
+    retrieval_captions: str = "first"
     # BLIP-2 protocol: re-score each query's top-k ITC candidates with the ITM head (Q-Former with a
     # text branch only); 0 ranks by ITC alone.
     itm_rerank_k: int = 0
@@ -209,6 +212,7 @@ class Config:
 
 BRIDGE_TYPES = ("qformer", "moe", "mlp")
 MOE_INITS = ("identity", "parrot")
+RETRIEVAL_CAPTIONS = ("first", "all")
 LLM_KINDS = ("causal", "seq2seq")
 TASKS = ("caption", "vqa")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -398,6 +402,7 @@ def validate(cfg: Config) -> None:
     _choice(train.distributed, DISTRIBUTED, "train.distributed")
     _check(all(k >= 1 for k in cfg.eval.ks), "'eval.ks' must be >= 1")
     _check(cfg.eval.itm_rerank_k >= 0, "'eval.itm_rerank_k' must be >= 0")
+    _choice(cfg.eval.retrieval_captions, RETRIEVAL_CAPTIONS, "eval.retrieval_captions")
     _check(cfg.eval.itm_rerank_k == 0 or b.type != "qformer" or (b.text_branch and loss.itm_weight > 0),
            "'eval.itm_rerank_k' re-ranks with the ITM head: set bridge.text_branch=true and loss.itm_weight > 0")
     _check(not (cfg.vision.visual_weights and cfg.vision.pretrained),
