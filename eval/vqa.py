@@ -1,9 +1,12 @@
 """VQA accuracy (VQAv2-style soft score), per question type, and the per-type majority baseline.
 
 `accuracy_by_type` and `majority_baseline` return one shape (percentages, counts as ints):
-``{"overall": pct, "n": n_questions, "by_type": {type: {"accuracy": pct, "n": n}}}``.
+``{"overall": pct, "exact": pct, "relaxed": pct, "n": n_questions, "by_type": {type: {"accuracy": pct, "n": n}}}``.
+"overall" is the soft accuracy (the official leave-one-out VQAv2 score for questions with 10 answers),
+"exact" the exact match against any gold answer, "relaxed" `relaxed_match`; empty answers never score.
 """
 
+import re
 import unicodedata
 from collections import Counter, defaultdict
 
@@ -15,14 +18,19 @@ _EN_NUMBERS = {
 }
 
 
+# Languages written without spaces between words: a gold answer may start or end a prediction anywhere.
+_NO_SPACE_LANGS = frozenset({"zh", "ja", "th", "lo", "km", "my"})
+
+
 def _is_punct_or_space(ch: str) -> bool:
     return ch.isspace() or unicodedata.category(ch).startswith("P")
 
 
 def normalize_answer(text: str, lang: str) -> str:
-    """NFKC, lower-case, collapse whitespace, strip punctuation (any script: "?", "。", "।", "？")
-    from both ends; for English also drop articles and turn number words zero..ten into digits."""
-    text = unicodedata.normalize("NFKC", text).lower()
+    """NFKC, casefold, collapse whitespace, strip punctuation (any script: "?", "。", "।", "？") from both
+    ends, by Unicode category, so combining marks (Devanagari, Thai, Sinhala vowel signs) survive; for
+    English also drop articles and turn number words zero..ten into digits."""
+    text = unicodedata.normalize("NFKC", text).casefold()
     start, end = 0, len(text)
     while start < end and _is_punct_or_space(text[start]):
         start += 1
@@ -34,12 +42,61 @@ def normalize_answer(text: str, lang: str) -> str:
     return " ".join(words)
 
 
+VQAV2_ANSWERS = 10  # VQAv2 collects 10 human answers per question
+
+
+def vqav2_score(prediction: str, answers: list[str]) -> float:
+    """The official VQAv2 accuracy of one normalised prediction: over the leave-one-out subsets of the
+    human answers, min(1, matches among the others / 3), averaged (2 of 10 matching gives 60%)."""
+    if len(answers) < 2:
+        raise ValueError(f"leave-one-out accuracy needs at least 2 answers, got {len(answers)}")
+    matches = sum(a == prediction for a in answers)
+    # Leaving out a matching answer leaves matches - 1 among the others, leaving out another leaves matches.
+    left_out_match = min(1.0, (matches - 1) / 3) if matches else 0.0
+    left_out_other = min(1.0, matches / 3)
+    return (matches * left_out_match + (len(answers) - matches) * left_out_other) / len(answers)
+
+
 def _soft_score(prediction: str, answers: list[str]) -> float:
-    # VQAv2: full credit once 3 humans agree. With fewer than 3 references the bar is all of them,
-    # so a single reference answer means exact match. (The official scorer also averages over
-    # leave-one-out subsets of 10 answers: 2 matches there give 60%, here 66.7%.)
+    # VQAv2-style sets (10 human answers): the official leave-one-out accuracy. Fewer answers: full credit
+    # once min(3, #answers) of them agree, so a single reference means exact match.
+    if len(answers) >= VQAV2_ANSWERS:
+        return vqav2_score(prediction, answers)
     matches = sum(a == prediction for a in answers)
     return min(matches / min(3, len(answers)), 1.0)
+
+
+_YES_NO = re.compile(r"\b(yes|no)\b")
+
+
+def yes_no(prediction: str) -> str | None:
+    """The first whole word "yes" or "no" of a normalised English prediction ("yes, it is" -> "yes"); words
+    that merely contain "no" ("not", "none", "know") are not answers."""
+    found = _YES_NO.search(prediction)
+    return found.group(1) if found else None
+
+
+def exact_match(prediction: str, answers: list[str]) -> bool:
+    """The normalised prediction equals any normalised gold answer; an empty prediction never matches."""
+    return bool(prediction) and prediction in answers
+
+
+def relaxed_match(prediction: str, answers: list[str], lang: str) -> bool:
+    """mBLIP's relaxed accuracy made safe: the prediction starts or ends with a gold answer, at a word
+    boundary in scripts that separate words with spaces; yes/no gold answers read the prediction's first
+    whole yes/no word (English). Empty predictions and empty gold answers never match."""
+    if not prediction:
+        return False
+    if lang == "en" and set(answers) <= {"yes", "no"}:
+        return yes_no(prediction) in answers
+    spaced = lang not in _NO_SPACE_LANGS
+    for gold in filter(None, answers):
+        if prediction == gold:
+            return True
+        head, tail = (gold + " ", " " + gold) if spaced else (gold, gold)
+        if prediction.startswith(head) or prediction.endswith(tail):
+            return True
+    return False
 
 
 def _check_answers(answers: list[str], where: str) -> None:
@@ -77,12 +134,18 @@ def accuracy_by_type(predictions: list[str], eval_items: list[dict], lang: str) 
     if len(predictions) != len(eval_items):
         raise ValueError(f"{len(predictions)} predictions but {len(eval_items)} eval_items")
     scores: dict[str, list[float]] = defaultdict(list)
+    exact, relaxed = [], []
     for pred, item in zip(predictions, eval_items):
         refs = [normalize_answer(a, lang) for a in item["answers"]]
-        scores[item["type"]].append(_soft_score(normalize_answer(pred, lang), refs))
+        pred = normalize_answer(pred, lang)
+        scores[item["type"]].append(_soft_score(pred, refs))
+        exact.append(exact_match(pred, refs))
+        relaxed.append(relaxed_match(pred, refs, lang))
     every = [s for per_type in scores.values() for s in per_type]
     return {
         "overall": 100.0 * sum(every) / len(every),
+        "exact": 100.0 * sum(exact) / len(exact),
+        "relaxed": 100.0 * sum(relaxed) / len(relaxed),
         "n": len(every),
         "by_type": {t: {"accuracy": 100.0 * sum(s) / len(s), "n": len(s)} for t, s in scores.items()},
     }

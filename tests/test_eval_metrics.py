@@ -11,7 +11,16 @@ from pycocoevalcap.cider.cider import Cider
 from eval.captioning import bleu, cider_d, language_fidelity, majority_caption, tokenize_for_metric
 from eval.report import write_report
 from eval.retrieval import chance_recall, recall_at_k
-from eval.vqa import accuracy_by_type, majority_baseline, normalize_answer, vqa_accuracy
+from eval.vqa import (
+    accuracy_by_type,
+    exact_match,
+    majority_baseline,
+    normalize_answer,
+    relaxed_match,
+    vqa_accuracy,
+    vqav2_score,
+    yes_no,
+)
 
 # ---------------------------------------------------------------- retrieval
 
@@ -256,6 +265,10 @@ def test_majority_caption():
         ("犬？", "ja", "犬"),  # full-width question mark
         ("हाँ।", "hi", "हाँ"),
         ("3.5", "en", "3.5"),
+        ("नहीं", "hi", "नहीं"),  # vowel signs and anusvara are marks, not punctuation: they stay
+        ("ไม่ใช่", "th", "ไม่ใช่"),
+        ("ඔව්.", "si", "ඔව්"),
+        ("Straße", "de", "strasse"),  # casefold
     ],
 )
 def test_normalize_answer(text, lang, expected):
@@ -264,13 +277,52 @@ def test_normalize_answer(text, lang, expected):
 
 def test_vqa_soft_accuracy():
     ten = ["2", "two", "3", "3", "3", "3", "3", "3", "3", "3"]  # 2 of 10 humans said 2
-    assert vqa_accuracy(["2"], [ten], "en") == pytest.approx(200 / 3)
+    # Official VQAv2: leave each answer out in turn; 2 matches -> (2 x 1/3 + 8 x 2/3) / 10 = 60%.
+    assert vqa_accuracy(["2"], [ten], "en") == pytest.approx(60.0)
     assert vqa_accuracy(["3"], [ten], "en") == pytest.approx(100.0)
     assert vqa_accuracy(["4"], [ten], "en") == pytest.approx(0.0)
     # One reference answer reduces to exact match after normalisation.
     assert vqa_accuracy(["Yes.", "no"], [["yes"], ["yes"]], "en") == pytest.approx(50.0)
     with pytest.raises(ValueError, match="2 predictions but 1"):
         vqa_accuracy(["a", "b"], [["a"]], "en")
+
+
+def _vqav2_by_hand(prediction: str, answers: list[str]) -> float:
+    """VQAv2's evaluator written out: every 9-answer subset, min(1, matches / 3), averaged."""
+    subsets = [answers[:i] + answers[i + 1:] for i in range(len(answers))]
+    return sum(min(1.0, sum(a == prediction for a in subset) / 3) for subset in subsets) / len(subsets)
+
+
+@pytest.mark.parametrize("matches", range(0, 11))
+def test_vqav2_score_is_the_leave_one_out_average(matches):
+    answers = ["x"] * matches + [f"other{i}" for i in range(10 - matches)]
+    assert vqav2_score("x", answers) == pytest.approx(_vqav2_by_hand("x", answers))
+    assert vqav2_score("x", answers) == pytest.approx({0: 0, 1: 0.3, 2: 0.6, 3: 0.9}.get(matches, 1.0))
+
+
+def test_yes_no_reads_whole_words_only():
+    assert yes_no("yes, it is") == "yes" and yes_no("no, there is none") == "no"
+    for answer in ("not sure", "none", "i know", "nobody", "yesterday", ""):
+        assert yes_no(answer) is None, answer
+
+
+def test_exact_and_relaxed_match():
+    assert exact_match("red", ["blue", "red"]) and not exact_match("", ["", "red"])
+    assert relaxed_match("red circle", ["red"], "de") and relaxed_match("a big red", ["red"], "de")
+    assert not relaxed_match("reddish", ["red"], "de")  # word boundary
+    assert relaxed_match("红色的", ["红色"], "zh")  # no spaces between words: no boundary to require
+    assert not relaxed_match("", ["red", ""], "en") and not relaxed_match("anything", [""], "fr")
+    assert relaxed_match("yes, there are two", ["yes"], "en")
+    assert not relaxed_match("not really", ["no"], "en")  # substring "no" is not an answer
+    assert relaxed_match("नहीं", ["नहीं"], "hi") and not relaxed_match("नह", ["नहीं"], "hi")
+
+
+def test_accuracy_by_type_reports_exact_and_relaxed():
+    result = accuracy_by_type(["Red circle", "", "2"], [{"type": "c", "answers": ["red"]},
+                                                      {"type": "c", "answers": [""]},
+                                                      {"type": "n", "answers": ["two"]}], "en")
+    assert result["exact"] == pytest.approx(100 / 3)  # only "2" == "two" after normalisation
+    assert result["relaxed"] == pytest.approx(200 / 3)  # "red circle" starts with "red"; "" never scores
 
 
 TRAIN = [
@@ -290,6 +342,8 @@ EVAL = [
 def test_majority_baseline():
     assert majority_baseline(TRAIN, EVAL, "en") == {
         "overall": pytest.approx(62.5),
+        "exact": pytest.approx(75.0),  # red, (blue: no), 2 in [2, 3], red
+        "relaxed": pytest.approx(75.0),
         "n": 4,
         "by_type": {
             "color": {"accuracy": pytest.approx(50.0), "n": 2},
