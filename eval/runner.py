@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from eval.captioning import bleu, cider_d, language_fidelity, majority_caption
+from eval.captioning import bleu, cider_d, fidelity_method, language_fidelity, majority_caption
 from eval.retrieval import chance_recall, recall_at_k
 from eval.vqa import accuracy_by_type, majority_baseline
 from vlm.config import EvalConfig
@@ -150,6 +150,7 @@ def evaluate_captioning(model: VisionLLM, data: EvalSet, lang: str, cfg: EvalCon
         "cider": cider_d(refs, hyp_by_key, lang)[0],
         "bleu": bleu(refs, hyp_by_key, lang),
         "fidelity": language_fidelity(hyps, lang),
+        "fidelity_method": fidelity_method(lang),
         "samples": [{"image": data.keys[i], "reference": refs[data.keys[i]][0], "hypothesis": h}
                     for i, h in list(zip(index, hyps))[: cfg.samples_per_language]],
     }

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from pycocoevalcap.cider.cider import Cider
 
-from eval.captioning import bleu, cider_d, language_fidelity, majority_caption, tokenize_for_metric
+from eval.captioning import bleu, cider_d, fidelity_method, language_fidelity, majority_caption, tokenize_for_metric
 from eval.report import write_report
 from eval.retrieval import chance_recall, recall_at_k
 from eval.vqa import (
@@ -234,14 +234,19 @@ def test_bleu_values():
 
 
 def test_language_fidelity():
-    hyps = ["a dog on the grass", "एक कुत्ता", "一只狗", "123 !"]
+    hyps = ["a dog on the grass", "एक कुत्ता घास पर है", "一只狗", "123 !"]
     assert language_fidelity(hyps, "hi") == pytest.approx(25.0)
-    assert language_fidelity(hyps, "de") == pytest.approx(25.0)  # script-level: English passes for German
-    # Kana makes a kanji-heavy caption Japanese; all-Han text is Chinese, and also accepted as
-    # Japanese (an answer can be all kanji).
+    # lid.176 catches English where German was asked for (a script check alone would accept it)
+    assert language_fidelity(hyps, "de") == pytest.approx(0.0)
+    assert language_fidelity(["ein großer blauer Stern oben", "a big blue star at the top"], "de") == 50.0
+    # Confident lid.176 separates Japanese from Chinese; a short all-Han text it is unsure of passes on script.
     assert language_fidelity(["赤い車", "红色的车"], "zh") == pytest.approx(50.0)
-    assert language_fidelity(["赤い車", "红色的车", "a red car"], "ja") == pytest.approx(200 / 3)
+    assert language_fidelity(["一只狗"], "zh") == pytest.approx(100.0)
+    assert language_fidelity(["赤い車", "a red car"], "ja") == pytest.approx(50.0)
     assert language_fidelity(["බල්ලෙක්", "dog"], "si") == pytest.approx(50.0)
+    assert language_fidelity(["Hund"], "de") == pytest.approx(100.0)  # one word: lid.176 unsure, script decides
+    assert fidelity_method("de") == "lid.176+script" and fidelity_method("fil") == "lid.176+script"
+    assert fidelity_method("mi") == "script"  # Maori is not among lid.176's labels
     with pytest.raises(ValueError, match="'xx'"):
         language_fidelity(["a"], "xx")
 
