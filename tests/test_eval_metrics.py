@@ -247,6 +247,8 @@ def test_language_fidelity():
     assert language_fidelity(["Hund"], "de") == pytest.approx(100.0)  # one word: lid.176 unsure, script decides
     assert fidelity_method("de") == "lid.176+script" and fidelity_method("fil") == "lid.176+script"
     assert fidelity_method("mi") == "script"  # Maori is not among lid.176's labels
+    # A Hindi sentence lid.176 ranks as Marathi first still counts: Hindi is among its top guesses.
+    assert language_fidelity(["नीचे एक छोटा लाल त्रिभुज"], "hi") == pytest.approx(100.0)
     with pytest.raises(ValueError, match="'xx'"):
         language_fidelity(["a"], "xx")
 
