@@ -82,6 +82,9 @@ _NAME_PREFIXES: tuple[tuple[str, str], ...] = (
 )
 _KANA = ("Hiragana", "Katakana")
 
+# Languages written without spaces between words: metrics segment them by character.
+NO_SPACE_LANGUAGES = frozenset({"zh", "ja", "th", "lo", "km", "my"})
+
 
 def get_language(code: str) -> Language:
     if code not in LANGUAGES:

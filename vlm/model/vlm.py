@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import shutil
 from pathlib import Path
@@ -33,8 +32,6 @@ from vlm.model.projectors import MLPProjector, MoEProjector
 from vlm.model.qformer import QFormer
 from vlm.model.vision import ImageEncoder
 from vlm.train import distributed
-
-log = logging.getLogger(__name__)
 
 
 def active_loss_weights(cfg: Config) -> dict[str, float]:
@@ -251,9 +248,14 @@ class VisionLLM(nn.Module):
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Retrieval features: (B, Q, itc_dim) per-query features for the Q-Former's ITC, else (B, D) from the
         pooled visual tokens (a MoE routed without text: language-neutral, as in training)."""
+        return self.encode_image_tokens(self.vision(images))
+
+    @torch.no_grad()
+    def encode_image_tokens(self, image_tokens: torch.Tensor) -> torch.Tensor:
+        """`encode_image` from the frozen encoder's tokens (`self.vision(images)`), for callers that keep them."""
         if self.uses_itc_retrieval:
-            return self.bridge.image_features(self.bridge.encode_queries(self.vision(images)))
-        return self.contrastive_head.image(self.visual(images).visual_tokens)
+            return self.bridge.image_features(self.bridge.encode_queries(image_tokens))
+        return self.contrastive_head.image(self.bridge(image_tokens).visual_tokens)
 
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> torch.Tensor:
