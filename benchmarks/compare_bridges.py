@@ -19,8 +19,8 @@ from pathlib import Path
 
 from eval.report import write_report
 from eval.runner import evaluate
+from eval.suites.loading import load_suite
 from vlm.config import check_paths, load_config
-from vlm.data.pipeline import resolve_shards
 from vlm.train.trainer import train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,8 +45,7 @@ def run_bridge(variant: str, out: Path, overrides: list[str], reuse: bool) -> di
     start = time.time()
     result = train(cfg)
     train_seconds = time.time() - start
-    results = evaluate(result.model, resolve_shards(cfg.data.val, "val"), cfg.data.languages, cfg.eval,
-                       train_urls=resolve_shards(cfg.data.train, "train"), progress=False)
+    results = evaluate(result.model, load_suite(cfg.eval, cfg.data), cfg.eval, progress=False)
     results["training"] = {"steps": result.steps, "seconds": round(train_seconds, 1),
                            "trainable_params": sum(p.numel() for p in result.model.parameters() if p.requires_grad)}
     (run_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")

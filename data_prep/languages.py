@@ -41,6 +41,11 @@ LANGUAGES: dict[str, Language] = _table(
     ("id", "Indonesian", "ind_Latn", "Latin"),
     ("ms", "Malay", "zsm_Latn", "Latin"),
     ("tl", "Tagalog", "tgl_Latn", "Latin"),
+    ("fil", "Filipino", "tgl_Latn", "Latin"),  # XM3600's code for the standard form of Tagalog
+    ("hr", "Croatian", "hrv_Latn", "Latin"),
+    ("no", "Norwegian (Bokmål)", "nob_Latn", "Latin"),  # XM3600 "no" is Bokmål, not Nynorsk
+    ("mi", "Maori", "mri_Latn", "Latin"),
+    ("quz", "Cusco Quechua", "quy_Latn", "Latin"),  # not in Flores-200; Ayacucho Quechua is the nearest
     ("sw", "Swahili", "swh_Latn", "Latin"),
     ("ru", "Russian", "rus_Cyrl", "Cyrillic"),
     ("uk", "Ukrainian", "ukr_Cyrl", "Cyrillic"),

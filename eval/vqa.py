@@ -2,7 +2,8 @@
 
 `accuracy_by_type` and `majority_baseline` return one shape (percentages, counts as ints):
 ``{"overall": pct, "exact": pct, "relaxed": pct, "n": n_questions, "by_type": {type: {"accuracy": pct, "n": n}}}``.
-"overall" is the soft accuracy (the official leave-one-out VQAv2 score for questions with 10 answers),
+"overall" is the soft accuracy (the official leave-one-out VQAv2 score for questions with 10 answers, exact
+match against any answer otherwise),
 "exact" the exact match against any gold answer, "relaxed" `relaxed_match`; empty answers never score.
 """
 
@@ -56,12 +57,12 @@ def vqav2_score(prediction: str, answers: list[str]) -> float:
 
 
 def _soft_score(prediction: str, answers: list[str]) -> float:
-    # VQAv2-style sets (10 human answers): the official leave-one-out accuracy. Fewer answers: full credit
-    # once min(3, #answers) of them agree, so a single reference means exact match.
+    # VQAv2-style sets (10 human answers): the official leave-one-out accuracy. Otherwise the answers are
+    # equally valid variants (MaXM's processed answers, xGQA's single label): matching any one is correct,
+    # as mBLIP and Centurio score them. An empty prediction never is.
     if len(answers) >= VQAV2_ANSWERS:
         return vqav2_score(prediction, answers)
-    matches = sum(a == prediction for a in answers)
-    return min(matches / min(3, len(answers)), 1.0)
+    return float(exact_match(prediction, answers))
 
 
 _YES_NO = re.compile(r"\b(yes|no)\b")
@@ -103,8 +104,8 @@ def _check_answers(answers: list[str], where: str) -> None:
 
 
 def vqa_accuracy(predictions: list[str], answers: list[list[str]], lang: str) -> float:
-    """Mean soft accuracy in percent; each question scores min(#matching answers / min(3, #answers), 1)
-    after `normalize_answer` on both sides."""
+    """Mean soft accuracy in percent after `normalize_answer` on both sides: VQAv2's leave-one-out score for
+    10-answer questions, exact match against any answer otherwise."""
     if len(predictions) != len(answers):
         raise ValueError(f"{len(predictions)} predictions but {len(answers)} answer lists")
     if not predictions:

@@ -11,6 +11,7 @@ import torch
 from eval.report import write_report
 from eval.retrieval import recall_at_k
 from eval.runner import evaluate, rerank_with_itm, retrieval_texts
+from eval.suites.loading import load_suite
 from vlm.data.pipeline import fixed_batches, resolve_shards
 from vlm.train.metrics import read_metrics
 from vlm.train.trainer import train
@@ -58,7 +59,7 @@ def test_moe_expert_usage_in_training_logs_and_the_eval_report(tiny_parts, tmp_p
         assert usage and set(usage) <= set(cfg.data.languages)
         assert all(len(v) == 3 and abs(sum(v) - 1) < 1e-5 for v in usage.values())
 
-    results = evaluate(model, resolve_shards(cfg.data.val, "val"), cfg.data.languages, cfg.eval, progress=False)
+    results = evaluate(model, load_suite(cfg.eval, cfg.data), cfg.eval, progress=False)
     assert results["bridge"] == "moe"
     for lang in cfg.data.languages:
         experts = results["per_language"][lang]["experts"]
@@ -131,7 +132,8 @@ def test_itm_rerank_fixes_the_order_within_the_top_k():
 def test_eval_with_itm_rerank_on_a_qformer(tiny_parts, tmp_path, captions):
     cfg = tiny_parts.config(tmp_path, "eval.itm_rerank_k=3", "train.max_steps=2", f"eval.retrieval_captions={captions}")
     model = train(cfg).model
-    results = evaluate(model, resolve_shards(cfg.data.val, "val"), cfg.data.languages[:2], cfg.eval, progress=False)
+    cfg.eval.languages = cfg.data.languages[:2]
+    results = evaluate(model, load_suite(cfg.eval, cfg.data), cfg.eval, progress=False)
     retrieval = results["per_language"][cfg.data.languages[0]]["retrieval"]
     assert retrieval["ranked_by"] == "itc" and retrieval["itm_rerank_k"] == 3
     assert {"itm_i2t_r1", "itm_t2i_r1", "i2t_r1", "t2i_r1"} <= set(retrieval)

@@ -14,7 +14,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from vlm.config import ConfigError, check_paths, load_config
+from vlm.config import SUITES, ConfigError, check_paths, load_config
 
 DEFAULT_DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 
@@ -52,9 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(train)
     train.add_argument("--resume", action="store_true", help="continue from train.output_dir's latest checkpoint")
 
-    ev = sub.add_parser("eval", help="per-language retrieval, captioning and VQA")
+    ev = sub.add_parser("eval", help="per-language retrieval, captioning and VQA on a benchmark suite")
     ev.add_argument("model", help="a release folder, a run folder or a checkpoint folder")
-    ev.add_argument("overrides", nargs="*", help="e.g. eval.max_images=100 data.languages=[en,de]")
+    ev.add_argument("overrides", nargs="*", help="e.g. eval.max_images=100 eval.num_beams=3")
+    ev.add_argument("--suite", choices=SUITES, help="default: the config's eval.suite (demo: held-out vlm prep shards)")
+    ev.add_argument("--data-root", help="the suite's downloaded files (README: Evaluation); demo default: data.val")
+    ev.add_argument("--langs", help="comma-separated languages (default: all of the suite's)")
     ev.add_argument("--out", help="where results.json and report.md go (default: next to the model)")
 
     ex = sub.add_parser("export", help="write a release folder from a run or checkpoint")
@@ -142,42 +145,60 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _load_any(path: Path, overrides: list[str]):
-    """A release folder, or a run/checkpoint folder; returns (model, config)."""
-    from vlm.model.vlm import VisionLLM
-    from vlm.release import load_from_checkpoint, resolve_checkpoint
+def _model_config_path(path: Path) -> Path:
+    """config.json of a release folder, or of a run/checkpoint folder's checkpoint."""
+    from vlm.release import resolve_checkpoint
 
     if (path / "model.safetensors").is_file() and (path / "config.json").is_file():
-        model = VisionLLM.from_pretrained(path)
-        cfg_path = path / "config.json"
-    else:
-        cfg_path = resolve_checkpoint(path) / "config.json"
-        model = None
-    cfg = load_config(cfg_path, overrides)
-    if model is None:
-        model = load_from_checkpoint(path, cfg)
-    return model, cfg
+        return path / "config.json"
+    return resolve_checkpoint(path) / "config.json"
+
+
+def _load_model(path: Path, cfg):
+    from vlm.model.vlm import VisionLLM
+    from vlm.release import load_from_checkpoint
+
+    if (path / "model.safetensors").is_file() and (path / "config.json").is_file():
+        return VisionLLM.from_pretrained(path)
+    return load_from_checkpoint(path, cfg)
 
 
 def cmd_eval(args) -> int:
-    from eval.report import write_report
-    from eval.runner import evaluate
-    from vlm.data.pipeline import resolve_shards
+    from eval.suites.loading import load_suite
 
     model_path = Path(args.model)
     if not model_path.exists():
         raise FileNotFoundError(f"model not found: {model_path}")
-    model, cfg = _load_any(model_path, args.overrides)
-    val_urls = resolve_shards(cfg.data.val, "val")
-    train_urls = resolve_shards(cfg.data.train, "train") if cfg.data.train else None
-    results = evaluate(model, val_urls, cfg.data.languages, cfg.eval, train_urls=train_urls)
-    out = Path(args.out) if args.out else model_path
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
-    metrics = model_path / "metrics.jsonl"
-    report = write_report(results, out, metrics if metrics.is_file() else None)
-    print(f"results: {out / 'results.json'}\nreport: {report}")
+    flags = [f"eval.suite={args.suite}"] if args.suite else []
+    flags += [f"eval.data_root={args.data_root}"] if args.data_root else []
+    flags += [f"eval.languages=[{args.langs}]"] if args.langs else []
+    cfg = load_config(_model_config_path(model_path), list(args.overrides) + flags)
+    _check_caption_tokenizer(cfg.eval.caption_tokenizer)
+    bench = load_suite(cfg.eval, cfg.data)  # the benchmark's files are checked before the model is built
+
+    from eval.report import write_report
+    from eval.runner import evaluate
+    from vlm.train import distributed
+
+    device = distributed.init_distributed()
+    model = _load_model(model_path, cfg).to(device)
+    results = evaluate(model, bench, cfg.eval)
+    if results is not None:  # rank 0
+        out = Path(args.out) if args.out else model_path / f"eval-{bench.name}"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+        metrics = model_path / "metrics.jsonl"
+        report = write_report(results, out, metrics if metrics.is_file() else None)
+        print(f"results: {out / 'results.json'}\nreport: {report}")
+    distributed.shutdown()
     return 0
+
+
+def _check_caption_tokenizer(name: str) -> None:
+    from eval.captioning import TOKENIZERS
+
+    if name and name not in TOKENIZERS:
+        raise ConfigError(f"'eval.caption_tokenizer' is '{name}'; choose one of: {', '.join(TOKENIZERS)}")
 
 
 def cmd_export(args) -> int:

@@ -146,7 +146,8 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16
     distributed: str = "ddp"  # how torchrun ranks share the work (DDP for now)
     log_every: int = 10
-    eval_every: int = 0  # 0 disables periodic evaluation
+    eval_every: int = 0  # validation loss every N steps; 0 disables it
+    benchmark_every: int = 0  # the `eval` section's benchmark every N steps (and at the end); 0 disables it
     save_every: int = 0  # 0: only the final checkpoint
     keep_checkpoints: int = 2
     progress: bool = True
@@ -156,15 +157,30 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    max_images: int = 0  # 0: all of data.val
+    # What `vlm eval` and the trainer's periodic evaluation score (`vlm eval --suite/--data-root/--langs`
+    # override these): a suite of eval.suites, the folder holding its published files ("" with the demo
+    # suite: data.val), and languages ([]: data.languages for the demo suite, every language otherwise).
+    suite: str = "demo"
+    data_root: str = ""
+    languages: list[str] = field(default_factory=list)
+    split: str = ""  # "": the suite's reference split (xgqa: test | testdev; coco: test | val | train | restval)
+    max_images: int = 0  # 0: every image of the suite
     ks: list[int] = field(default_factory=lambda: [1, 5, 10])
-    max_new_tokens: int = 32
+    # Decoding, shared by captioning and VQA: greedy (num_beams 1) or beam search, always with the KV cache.
+    max_new_tokens: int = 32  # captions
+    vqa_max_new_tokens: int = 10  # short answers (mBLIP's setting)
     num_beams: int = 1
+    length_penalty: float = 1.0  # beam search only; mBLIP uses -1 for VQA to favour short answers
+    # Instructions in the target language ("target", like the training templates) or in English naming the
+    # language ("en": "Caption in German:", Centurio's style).
+    prompt_language: str = "target"
+    caption_tokenizer: str = ""  # "" : each language's default (char for zh/ja/th, whitespace otherwise)
     batch_size: int = 64
+    num_workers: int = 2  # image decoding processes
     samples_per_language: int = 3  # sample captions kept in results.json
     # first: each image's first caption only (CLIP_benchmark's XM3600 protocol, 1:1 pairs); all: every caption
-    # (an image hits i2t when any of its captions is in the top k).
-    retrieval_captions: str = "first"
+    # (an image hits i2t when any of its captions is in the top k); auto: the suite's reference protocol.
+    retrieval_captions: str = "auto"
     # BLIP-2 protocol: re-score each query's top-k ITC candidates with the ITM head (Q-Former with a
     # text branch only); 0 ranks by ITC alone.
     itm_rerank_k: int = 0
@@ -212,7 +228,9 @@ class Config:
 
 BRIDGE_TYPES = ("qformer", "moe", "mlp")
 MOE_INITS = ("identity", "parrot")
-RETRIEVAL_CAPTIONS = ("first", "all")
+RETRIEVAL_CAPTIONS = ("auto", "first", "all")
+SUITES = ("demo", "xm3600", "xgqa", "maxm", "multi30k", "xflickrco", "coco")  # eval.suites
+PROMPT_LANGUAGES = ("target", "en")
 LLM_KINDS = ("causal", "seq2seq")
 TASKS = ("caption", "vqa")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -403,6 +421,13 @@ def validate(cfg: Config) -> None:
     _check(all(k >= 1 for k in cfg.eval.ks), "'eval.ks' must be >= 1")
     _check(cfg.eval.itm_rerank_k >= 0, "'eval.itm_rerank_k' must be >= 0")
     _choice(cfg.eval.retrieval_captions, RETRIEVAL_CAPTIONS, "eval.retrieval_captions")
+    _choice(cfg.eval.suite, SUITES, "eval.suite")
+    _choice(cfg.eval.prompt_language, PROMPT_LANGUAGES, "eval.prompt_language")
+    for name in ("max_new_tokens", "vqa_max_new_tokens", "num_beams", "batch_size"):
+        _check(getattr(cfg.eval, name) >= 1, f"'eval.{name}' must be >= 1")
+    _check(cfg.eval.num_workers >= 0 and cfg.eval.max_images >= 0,
+           "'eval.num_workers' and 'eval.max_images' must be >= 0")
+    _check(train.benchmark_every >= 0, "'train.benchmark_every' must be >= 0")
     _check(cfg.eval.itm_rerank_k == 0 or b.type != "qformer" or (b.text_branch and loss.itm_weight > 0),
            "'eval.itm_rerank_k' re-ranks with the ITM head: set bridge.text_branch=true and loss.itm_weight > 0")
     _check(not (cfg.vision.visual_weights and cfg.vision.pretrained),

@@ -15,6 +15,7 @@ from pathlib import Path
 from data_prep.shards import prepare_synthetic
 from eval.report import write_report
 from eval.runner import evaluate
+from eval.suites.loading import load_suite
 from vlm.config import Config, ConfigError, check_paths
 from vlm.data.pipeline import read_samples, resolve_shards
 from vlm.data.templates import caption_prompt
@@ -72,7 +73,7 @@ def run_demo(cfg: Config, progress: bool = True) -> dict:
     stage("align", t)
 
     t = time.time()
-    results = evaluate(result.model, val_urls, cfg.data.languages, cfg.eval, train_urls=train_urls, progress=progress)
+    results = evaluate(result.model, load_suite(cfg.eval, cfg.data), cfg.eval, progress=progress)
     stage("eval", t)
 
     t = time.time()

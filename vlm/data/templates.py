@@ -38,12 +38,18 @@ VQA_PROMPTS = {
 }
 
 
-def caption_prompt(lang: str) -> str:
-    if lang in CAPTION_PROMPTS:
+def caption_prompt(lang: str, instruction: str = "target") -> str:
+    """The captioning instruction for `lang`: written in `lang` ("target"), or in English naming it ("en",
+    Centurio's style; also the fallback for a language without a template)."""
+    if instruction == "target" and lang in CAPTION_PROMPTS:
         return CAPTION_PROMPTS[lang]
     return f"Caption in {get_language(lang).name}:"
 
 
-def vqa_prompt(question: str, lang: str) -> str:
-    template = VQA_PROMPTS.get(lang, "Question: {question} Answer in " + get_language(lang).name + ":")
+def vqa_prompt(question: str, lang: str, instruction: str = "target") -> str:
+    """A question whose answer is wanted in `lang` (xGQA asks German questions for English answers)."""
+    if instruction == "target" and lang in VQA_PROMPTS:
+        template = VQA_PROMPTS[lang]
+    else:
+        template = VQA_PROMPTS["en"] if lang == "en" else "Question: {question} Answer in " + get_language(lang).name + ":"
     return template.format(question=question)

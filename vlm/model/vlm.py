@@ -23,7 +23,6 @@ from transformers import AutoTokenizer
 
 from vlm.config import Config, config_from_dict
 from vlm.data.collate import Collator, bridge_text_ids
-from vlm.data.templates import caption_prompt
 from vlm.losses import ContrastiveLoss, ItcLoss, itg_loss, mean_token_features, sample_itm_negatives
 from vlm.model import qformer_weights
 from vlm.model.bridge import BridgeOutput
@@ -156,10 +155,14 @@ class VisionLLM(nn.Module):
     def visual(self, images: torch.Tensor, prompt_ids: torch.Tensor | None = None,
                prompt_mask: torch.Tensor | None = None) -> BridgeOutput:
         """Images (and, for the MoE router, the prompt's LLM token ids) -> the bridge's output."""
-        tokens = self.vision(images)
+        return self.visual_from_tokens(self.vision(images), prompt_ids, prompt_mask)
+
+    def visual_from_tokens(self, image_tokens: torch.Tensor, prompt_ids: torch.Tensor | None = None,
+                           prompt_mask: torch.Tensor | None = None) -> BridgeOutput:
+        """`visual` from the frozen encoder's tokens, for callers that run the encoder once per image."""
         if self.bridge_reads_prompt and prompt_ids is not None:
-            return self.bridge(tokens, self.llm.embed(prompt_ids), prompt_mask)
-        return self.bridge(tokens)
+            return self.bridge(image_tokens, self.llm.embed(prompt_ids), prompt_mask)
+        return self.bridge(image_tokens)
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         """Returns {"loss": the weighted sum, and every active term under its own name}."""
@@ -239,10 +242,10 @@ class VisionLLM(nn.Module):
         return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
 
     @torch.no_grad()
-    def route(self, images: torch.Tensor, lang: str) -> BridgeOutput:
-        """The bridge output for images under the captioning prompt of `lang` (MoE expert-usage statistics)."""
-        prompt_ids, prompt_mask = self._prompt_ids([caption_prompt(lang)] * images.shape[0])
-        return self.visual(images, prompt_ids, prompt_mask)
+    def route(self, image_tokens: torch.Tensor, prompts: list[str]) -> BridgeOutput:
+        """The bridge output for the encoder's tokens under `prompts` (MoE expert-usage statistics)."""
+        prompt_ids, prompt_mask = self._prompt_ids(prompts)
+        return self.visual_from_tokens(image_tokens, prompt_ids, prompt_mask)
 
     @torch.no_grad()
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
@@ -291,8 +294,16 @@ class VisionLLM(nn.Module):
         """Answer one prompt per image (a caption instruction or a question in any language)."""
         if len(prompts) != images.shape[0]:
             raise ValueError(f"generate: {images.shape[0]} images but {len(prompts)} prompts")
+        return self.generate_from_tokens(self.vision(images), prompts, **generate_kwargs)
+
+    @torch.no_grad()
+    def generate_from_tokens(self, image_tokens: torch.Tensor, prompts: list[str], **generate_kwargs) -> list[str]:
+        """`generate` from the frozen encoder's tokens: an evaluator asks many prompts (languages, questions)
+        of one image and runs the encoder once. Decoding options go to transformers' `generate`."""
+        if len(prompts) != image_tokens.shape[0]:
+            raise ValueError(f"generate: {image_tokens.shape[0]} images but {len(prompts)} prompts")
         prompt_ids, prompt_mask = self._prompt_ids(prompts)
-        prefix = self.visual(images, prompt_ids, prompt_mask).visual_tokens
+        prefix = self.visual_from_tokens(image_tokens, prompt_ids, prompt_mask).visual_tokens
         return self.llm.generate(prefix, prompt_ids, prompt_mask, **generate_kwargs)
 
     # --- state ---------------------------------------------------------------------------------

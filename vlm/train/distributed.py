@@ -88,3 +88,12 @@ def broadcast_object(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def gather_to_main(obj) -> list | None:
+    """Every rank's `obj` (picklable; CPU tensors inside), in rank order, on rank 0; None on the others."""
+    if not is_distributed():
+        return [obj]
+    parts = [None] * world_size() if is_main() else None
+    dist.gather_object(obj, parts, dst=0)
+    return parts

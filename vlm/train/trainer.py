@@ -1,9 +1,11 @@
 """The training loop: one process or torchrun (DDP), gradient accumulation, warm-up + cosine schedule,
-clipping, progress bar, JSONL/TensorBoard metrics, periodic validation and atomic resumable checkpoints."""
+clipping, progress bar, JSONL/TensorBoard metrics, periodic validation loss and benchmark evaluation, and
+atomic resumable checkpoints."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -13,6 +15,9 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from eval.report import write_report
+from eval.runner import evaluate
+from eval.suites.loading import load_suite
 from vlm.config import Config
 from vlm.data.pipeline import StreamPosition, TrainStream, fixed_batches, make_train_loader, resolve_shards
 from vlm.model.projectors import MoEProjector
@@ -23,6 +28,8 @@ from vlm.train.schedule import make_scheduler
 
 log = logging.getLogger(__name__)
 VAL_BATCHES = 8
+# Language means logged after each benchmark evaluation (all of them stay in that step's results.json).
+BENCHMARK_CURVES = frozenset({"i2t_r1", "t2i_r1", "cider", "chrf", "fidelity", "overall", "exact"})
 
 
 @dataclass
@@ -68,6 +75,8 @@ class Trainer:
                                   f"or choose another train.output_dir")
         train_urls = resolve_shards(cfg.data.train, "train")
         val_urls = resolve_shards(cfg.data.val, "val") if cfg.data.val else []
+        # The benchmark is read (and its files checked) before the model is built, not when it is first due.
+        self.benchmark = load_suite(cfg.eval, cfg.data) if cfg.train.benchmark_every else None
 
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         self.model = (model if model is not None else VisionLLM(cfg)).to(self.device)
@@ -161,6 +170,20 @@ class Trainer:
         count = max(float(totals[-1]), 1.0)
         return {f"val_{n}": float(totals[i]) / count for i, n in enumerate(names)}
 
+    def run_benchmark(self) -> None:
+        """The `eval` section's benchmark on the current weights, split over the ranks: results.json and a
+        report under output_dir/eval/step-N, and the language means in the metrics log (kind "benchmark")."""
+        results = evaluate(self.model, self.benchmark, self.cfg.eval, progress=False)
+        if results is None:  # not rank 0
+            return
+        out = self.output_dir / "eval" / f"step-{self.step}"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+        write_report(results, out)
+        means = {f"{section}_{name}": value for section, scores in results["mean"].items()
+                 for name, value in scores.items() if name in BENCHMARK_CURVES}
+        self.metrics.log("benchmark", self.step, means)
+
     def fit(self) -> TrainResult:
         cfg = self.cfg.train
         loader = iter(make_train_loader(self.stream, self.cfg.data.num_workers))
@@ -200,6 +223,8 @@ class Trainer:
                 window, window_steps = {}, 0
             if cfg.eval_every and self.val_batches and self.step % cfg.eval_every == 0:
                 self.metrics.log("eval", self.step, self.validate())
+            if self.benchmark is not None and self.step % cfg.benchmark_every == 0:
+                self.run_benchmark()
             if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.max_steps:
                 self.save()
             if cfg.max_minutes and time.time() - start > cfg.max_minutes * 60:
@@ -209,6 +234,8 @@ class Trainer:
         bar.close()
         if cfg.eval_every and self.val_batches and self.step % cfg.eval_every != 0:
             self.metrics.log("eval", self.step, self.validate())
+        if self.benchmark is not None and self.step % cfg.benchmark_every != 0:
+            self.run_benchmark()
         path = self.save()
         self.metrics.close()
         self.model.eval()
