@@ -48,28 +48,33 @@ def _recall_columns(per_language: dict) -> list[tuple[str, int]]:
     return sorted(found)
 
 
-def _scores_table(languages: list[str], per_language: dict) -> list[str]:
+def _scores_row(label: str, scores: dict, recall_cols: list[tuple[str, int]], has: dict[str, bool]) -> list[str]:
+    ret, cap, vqa = scores.get("retrieval", {}), scores.get("captioning", {}), scores.get("vqa", {})
+    row = [label] + [_fmt(ret.get(f"{d}_r{k}"), ret.get(f"chance_{d}_r{k}")) for d, k in recall_cols]
+    if has["captioning"]:
+        row += [_fmt(cap.get("cider"), cap.get("majority_cider")), _fmt(cap.get("bleu")), _fmt(cap.get("chrf")),
+                _fmt(cap.get("fidelity"))]
+    if has["vqa"]:
+        n = vqa.get("n")
+        row += [_fmt(vqa.get("overall"), vqa.get("majority_overall")), _fmt(vqa.get("exact")),
+                str(n) if isinstance(n, int) else _MISSING]
+    return row
+
+
+def _scores_table(languages: list[str], per_language: dict, means: dict | None = None) -> list[str]:
     recall_cols = _recall_columns(per_language)
     has = {s: any(s in per_language.get(lang, {}) for lang in languages) for s in ("captioning", "vqa")}
     header = ["lang"] + [f"{d} R@{k}" for d, k in recall_cols]
     if has["captioning"]:
-        header += ["CIDEr", "BLEU", "fidelity"]
+        header += ["CIDEr", "BLEU", "chrF", "fidelity"]
     if has["vqa"]:
-        header += ["VQA acc", "VQA n"]
+        header += ["VQA acc", "VQA exact", "VQA n"]
     rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for lang in languages:
-        scores = per_language.get(lang, {})
-        ret, cap, vqa = scores.get("retrieval", {}), scores.get("captioning", {}), scores.get("vqa", {})
-        row = [lang] + [_fmt(ret.get(f"{d}_r{k}"), ret.get(f"chance_{d}_r{k}")) for d, k in recall_cols]
-        if has["captioning"]:
-            row += [
-                _fmt(cap.get("cider"), cap.get("majority_cider")),
-                _fmt(cap.get("bleu")),
-                _fmt(cap.get("fidelity")),
-            ]
-        if has["vqa"]:
-            row += [_fmt(vqa.get("overall"), vqa.get("majority_overall")), str(vqa.get("n", _MISSING))]
-        rows.append("| " + " | ".join(row) + " |")
+        rows.append("| " + " | ".join(_scores_row(lang, per_language.get(lang, {}), recall_cols, has)) + " |")
+    if means and len(languages) > 1:
+        cells = _scores_row("**mean**", means, recall_cols, has)
+        rows.append("| " + " | ".join(cells) + " |")
     return rows
 
 
@@ -251,7 +256,10 @@ def write_report(results: dict, out_dir: Path, metrics_path: Path | None = None)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    lines = ["# Evaluation report", "", f"Languages: {', '.join(languages)}"]
+    lines = ["# Evaluation report", ""]
+    if "suite" in results:
+        lines.append(f"Suite: {results['suite']} ({results.get('source', '')})")
+    lines.append(f"Languages: {', '.join(languages)}")
     if "bridge" in results:
         lines.append(f"Bridge: {results['bridge']}")
     protocols = {s.get("retrieval", {}).get("protocol") for s in per_language.values()} - {None}
@@ -262,16 +270,28 @@ def write_report(results: dict, out_dir: Path, metrics_path: Path | None = None)
         lines.append("Retrieval ranked by: " + ", ".join(sorted(ranked_by)) +
                      " (itc: the Q-Former's ITC, max over queries; contrastive: pooled visual tokens vs LLM "
                      "caption embeddings)")
+    tokenizers = {lang: s["captioning"]["tokenizer"] for lang, s in per_language.items()
+                  if "tokenizer" in s.get("captioning", {})}
+    if tokenizers:
+        by_name: dict[str, list[str]] = {}
+        for lang, name in tokenizers.items():
+            by_name.setdefault(name, []).append(lang)
+        lines.append("Captioning tokenizer (references and outputs alike): " +
+                     "; ".join(f"{name}: {', '.join(langs)}" for name, langs in by_name.items()))
     if "n_images" in results:
-        lines.append(f"Images per language: {results['n_images']}")
+        skipped = results.get("skipped_images")
+        lines.append(f"Images: {results['n_images']}" + (f" ({skipped} undecodable, skipped)" if skipped else ""))
+    if decoding := results.get("decoding"):
+        lines.append(f"Decoding: captions {decoding['caption']}, VQA {decoding['vqa']}, "
+                     f"instructions in {decoding['prompt_language']}")
     lines += [
         "",
         "## Scores per language",
         "",
-        "Percentages (CIDEr ×100). In parentheses: the baseline — chance for retrieval, the majority "
-        "caption for CIDEr, the per-type majority answer for VQA.",
+        "Percentages (CIDEr ×100; chrF 0–100). In parentheses: the baseline — chance for retrieval, the "
+        "majority caption for CIDEr, the per-type majority answer for VQA. The mean is over languages, unweighted.",
         "",
-        *_scores_table(languages, per_language),
+        *_scores_table(languages, per_language, results.get("mean")),
         "",
     ]
     if _plot_per_language(languages, per_language, out_dir / "per_language.png"):

@@ -9,6 +9,7 @@ from PIL import Image
 
 from eval.captioning import bleu, cider_d, fidelity_method, language_fidelity, majority_caption, tokenize_for_metric
 from eval.report import write_report
+from eval.runner import language_means
 from eval.retrieval import chance_recall, recall_at_k
 from eval.vqa import (
     accuracy_by_type,
@@ -394,11 +395,15 @@ def test_write_report(tmp_path):
     lines += [json.dumps({"kind": "eval", "step": 50, "val_loss": 2.2}), '{"kind": "train", "st']  # torn last line
     metrics.write_text("\n".join(lines), encoding="utf-8")
 
-    report = write_report(_fake_results(), tmp_path / "out", metrics)
+    results = _fake_results()
+    results["mean"] = language_means(results["per_language"])
+    report = write_report(results, tmp_path / "out", metrics)
     text = report.read_text(encoding="utf-8")
     assert report == tmp_path / "out" / "report.md"
+    cider = [r["captioning"]["cider"] for r in results["per_language"].values() if "captioning" in r]
+    assert f"| **mean** | {(45.0 + 30.0) / 2:.1f} " in text and f"| {sum(cider) / len(cider):.1f} " in text
     assert "| en | 45.0 (0.7) | 70.0 (3.3) | 80.0 (6.5) | 40.0 (0.3) | 65.0 (1.7) | 75.5 (3.3) | 61.2 (3.1) " in text
-    assert "| si | — | — | — | — | — | — | 20.0 (1.0) | 5.0 | 90.0 | — | — |" in text
+    assert "| si | — | — | — | — | — | — | 20.0 (1.0) | 5.0 | — | 90.0 | — | — | — |" in text
     assert "| de | 30.0 (0.7) | — | — | 28.0 (0.3) |" in text
     assert "| en | count | 40.0 (25.0) | 8 |" in text
     assert "| img_7 | a dog \\| a ball | a dog |" in text
@@ -414,7 +419,8 @@ def test_write_report(tmp_path):
 def test_write_report_without_metrics_or_sections(tmp_path):
     results = {"languages": ["en"], "per_language": {"en": {"captioning": {"cider": 10.0}}}}
     text = write_report(results, tmp_path).read_text(encoding="utf-8")
-    assert "| en | 10.0 | — | — |" in text
+    assert "| en | 10.0 | — | — | — |" in text
+    assert "**mean**" not in text  # one language: no mean row
     assert not (tmp_path / "loss_curves.png").exists()
     assert not (tmp_path / "per_language.png").exists()  # nothing to plot
     with pytest.raises(ValueError, match="metrics file not found"):
