@@ -18,6 +18,8 @@ from PIL import Image
 
 from data_prep.languages import LANGUAGES as KNOWN_LANGUAGES
 from eval.suites import Benchmark, BenchmarkDataError, coco, maxm, multi30k, xgqa, xm3600
+from eval.suites.loading import load_suite
+from vlm.config import DataConfig, EvalConfig
 
 FIXTURES = Path(__file__).parent / "fixtures" / "suites"
 XM3600_KEYS = ["000411001ff7dd4f", "00ac7eb6e4c0b2d5", "01d4c1ee8a3f5b27", "02f2a8d1c9b7e364"]
@@ -387,3 +389,20 @@ def test_coco_field_errors(make_root) -> None:
     assert error_of(coco.load_coco, root) == f"{path}: images[0]: field 'split' missing"
     edit_json(path, lambda d: d.pop("images"))
     assert error_of(coco.load_coco, root) == f"{path}: field 'images' missing"
+
+
+# ---------------------------------------------------------------- load_suite: the eval config section
+
+
+def test_load_suite_passes_split_languages_and_max_images(make_root) -> None:
+    root = make_root("xgqa")
+    cfg = EvalConfig(suite="xgqa", data_root=str(root), languages=["zh"], split="testdev", max_images=1)
+    bench = load_suite(cfg, DataConfig())
+    assert bench.name == "xgqa" and bench.languages == ["zh"] and len(bench.images) == 1
+    assert bench.source.startswith("xGQA testdev")
+    assert load_suite(EvalConfig(suite="xgqa", data_root=str(root), languages=["zh"]), DataConfig()).source.startswith(
+        "xGQA test:")  # IGLUE's test split by default
+    with pytest.raises(BenchmarkDataError, match="eval.split: suite 'xm3600' has one split"):
+        load_suite(EvalConfig(suite="xm3600", data_root=str(make_root("xm3600")), split="test"), DataConfig())
+    with pytest.raises(BenchmarkDataError, match="needs its data folder"):
+        load_suite(EvalConfig(suite="maxm"), DataConfig())
