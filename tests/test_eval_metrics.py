@@ -9,8 +9,8 @@ from PIL import Image
 
 from eval.captioning import bleu, cider_d, fidelity_method, language_fidelity, majority_caption, tokenize_for_metric
 from eval.report import write_report
-from eval.runner import language_means
 from eval.retrieval import chance_recall, recall_at_k
+from eval.runner import language_means
 from eval.vqa import (
     accuracy_by_type,
     exact_match,
