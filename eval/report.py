@@ -283,7 +283,7 @@ def write_report(results: dict, out_dir: Path, metrics_path: Path | None = None)
         lines.append(f"Images: {results['n_images']}" + (f" ({skipped} undecodable, skipped)" if skipped else ""))
     if decoding := results.get("decoding"):
         lines.append(f"Decoding: captions {decoding['caption']}, VQA {decoding['vqa']}, "
-                     f"instructions in {decoding['prompt_language']}")
+                     f"instructions in {decoding['prompt_language']}, {decoding.get('precision', 'fp32')}")
     lines += [
         "",
         "## Scores per language",

@@ -138,7 +138,7 @@ def _run_part(model: VisionLLM, bench: Benchmark, cfg: EvalConfig, mode: str, ke
         part.positions += positions
         tokens = model.vision(pixels.to(model.device))
         if keep_tokens:
-            kept_tokens.append(tokens.cpu())
+            kept_tokens.append(tokens.float().cpu())
         if "retrieval" in bench.tasks:
             part.image_features.append(model.encode_image_tokens(tokens).float().cpu())
         for lang in bench.languages:
@@ -315,7 +315,9 @@ def evaluate(model: VisionLLM, bench: Benchmark, cfg: EvalConfig, progress: bool
     if rerank and world > 1:
         log.warning("eval.itm_rerank_k: ITM re-ranking runs in single-process evaluation only; skipped")
         rerank = False
-    part, vision_tokens = _run_part(model, bench, cfg, mode, rerank, progress)
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and model.device.type == "cuda")
+    with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
+        part, vision_tokens = _run_part(model, bench, cfg, mode, rerank, progress)
     parts = distributed.gather_to_main(part)
     model.train(was_training)
     if parts is None:
@@ -345,7 +347,7 @@ def evaluate(model: VisionLLM, bench: Benchmark, cfg: EvalConfig, progress: bool
         "skipped_images": merged.skipped,
         "world_size": world,
         "decoding": {"caption": decoding_options(cfg, vqa=False), "vqa": decoding_options(cfg, vqa=True),
-                     "prompt_language": cfg.prompt_language},
+                     "prompt_language": cfg.prompt_language, "precision": "bf16 autocast" if bf16 else "fp32"},
         "per_language": per_language,
         "mean": language_means(per_language),
         "timings": {"eval": round(time.time() - start, 1)},

@@ -42,6 +42,7 @@ def test_demo_suite_results_shape_means_and_protocol(model_and_cfg):
     results = evaluate(model, bench, cfg.eval, progress=False)
     assert results["suite"] == "demo" and results["n_images"] == 10 and results["skipped_images"] == 0
     assert results["decoding"]["caption"]["use_cache"] is True
+    assert results["decoding"]["precision"] == "fp32"  # auto: bf16 autocast on GPUs only
     assert results["decoding"]["vqa"]["max_new_tokens"] == cfg.eval.vqa_max_new_tokens
     for lang in ("en", "zh"):
         scores = results["per_language"][lang]
@@ -215,3 +216,18 @@ def test_torchrun_eval_splits_the_work_and_matches_one_process(tiny_parts, tmp_p
         assert two["captioning"]["n_images"] == one["captioning"]["n_images"]
         assert two["vqa"]["n"] == one["vqa"]["n"]
         assert two["captioning"]["cider"] == pytest.approx(one["captioning"]["cider"], abs=5.0)
+
+
+def test_bf16_autocast_evaluation_runs_and_is_recorded(model_and_cfg):
+    """The GPU default (eval.precision auto -> bf16 autocast), forced here on the CPU."""
+    model, cfg = model_and_cfg
+    bench = load_suite(cfg.eval, cfg.data)
+    bench.images = bench.images[:4]
+    cfg.eval.precision = "bf16"
+    try:
+        results = evaluate(model, bench, cfg.eval, progress=False)
+    finally:
+        cfg.eval.precision = "auto"
+    assert results["decoding"]["precision"] == "bf16 autocast"
+    assert results["per_language"]["en"]["retrieval"]["n_images"] == 4
+    assert all(isinstance(s["hypothesis"], str) for s in results["per_language"]["en"]["captioning"]["samples"])

@@ -177,6 +177,7 @@ class EvalConfig:
     caption_tokenizer: str = ""  # "" : each language's default (char for zh/ja/th, whitespace otherwise)
     batch_size: int = 64
     num_workers: int = 2  # image decoding processes
+    precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16
     samples_per_language: int = 3  # sample captions kept in results.json
     # first: each image's first caption only (CLIP_benchmark's XM3600 protocol, 1:1 pairs); all: every caption
     # (an image hits i2t when any of its captions is in the top k); auto: the suite's reference protocol.
@@ -423,6 +424,7 @@ def validate(cfg: Config) -> None:
     _choice(cfg.eval.retrieval_captions, RETRIEVAL_CAPTIONS, "eval.retrieval_captions")
     _choice(cfg.eval.suite, SUITES, "eval.suite")
     _choice(cfg.eval.prompt_language, PROMPT_LANGUAGES, "eval.prompt_language")
+    _choice(cfg.eval.precision, PRECISIONS, "eval.precision")
     for name in ("max_new_tokens", "vqa_max_new_tokens", "num_beams", "batch_size"):
         _check(getattr(cfg.eval, name) >= 1, f"'eval.{name}' must be >= 1")
     _check(cfg.eval.num_workers >= 0 and cfg.eval.max_images >= 0,
