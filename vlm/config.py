@@ -425,6 +425,10 @@ def validate(cfg: Config) -> None:
     _choice(cfg.eval.suite, SUITES, "eval.suite")
     _choice(cfg.eval.prompt_language, PROMPT_LANGUAGES, "eval.prompt_language")
     _choice(cfg.eval.precision, PRECISIONS, "eval.precision")
+    if cfg.eval.caption_tokenizer:
+        from eval.text_tokenizers import TOKENIZERS  # local, like data_prep: pure Python, no model imports
+
+        _choice(cfg.eval.caption_tokenizer, tuple(TOKENIZERS), "eval.caption_tokenizer")
     for name in ("max_new_tokens", "vqa_max_new_tokens", "num_beams", "batch_size"):
         _check(getattr(cfg.eval, name) >= 1, f"'eval.{name}' must be >= 1")
     _check(cfg.eval.num_workers >= 0 and cfg.eval.max_images >= 0,
