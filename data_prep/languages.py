@@ -137,3 +137,21 @@ def matches_language_script(text: str, code: str) -> bool:
     language = get_language(code)
     script = script_of(text)
     return script == language.script or script in _ALSO_ACCEPTED.get(code, frozenset())
+
+
+# The 100 languages of M2M100 (facebook/m2m100_*), as its `__xx__` tokens spell them: mostly ISO 639-1.
+M2M100_CODES = frozenset(
+    "af am ar ast az ba be bg bn br bs ca ceb cs cy da de el en es et fa ff fi fr fy ga gd gl gu ha he hi hr ht hu "
+    "hy id ig ilo is it ja jv ka kk km kn ko lb lg ln lo lt lv mg mk ml mn mr ms my ne nl no ns oc or pa pl ps pt "
+    "ro ru sd si sk sl so sq sr ss su sv sw ta th tl tn tr uk ur uz vi wo xh yi yo zh zu".split()
+)
+_M2M100_ALIASES = {"fil": "tl"}  # our key -> M2M100's code where they differ
+
+
+def m2m100_code(code: str) -> str:
+    """M2M100's code for one of our languages; ValueError for a language M2M100 was not trained on."""
+    language = get_language(code)
+    m2m = _M2M100_ALIASES.get(code, code)
+    if m2m not in M2M100_CODES:
+        raise ValueError(f"M2M100 has no language code for {code!r} ({language.name})")
+    return m2m

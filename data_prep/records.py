@@ -1,90 +1,103 @@
-"""Translate English records (captions + QA) into more languages, filtering and counting the results."""
+"""Translate the English texts of records (captions + QA) into more languages, filtering and counting.
+
+A record is `{"captions": {lang: [text, ...]}, "qa": [{"lang", "question", "answers": [...]}, ...], ...}`.
+Each distinct English text is translated and judged once per target language (`Verdicts`); applying the
+verdicts to a record adds the kept translations and reports one `Event` per caption or QA item.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from tqdm import tqdm
+import sacrebleu
 
-from data_prep.filters import check_translation
-from data_prep.languages import validate_languages
-from data_prep.translate import Translator
+from data_prep.filters import FilterConfig, check_translation
 
-KEPT = "translated"  # stats key of kept items; dropped ones count under "dropped/<reason>"
+SOURCE = "en"
+KEPT = "kept"
+# tgt -> English text -> (translation or None, reason it was dropped or KEPT)
+Verdicts = dict[str, dict[str, tuple[str | None, str]]]
 
 
-def _english_texts(record: dict) -> list[str]:
-    texts = list(record["captions"].get("en", []))
-    for item in record["qa"]:
-        if item["lang"] == "en":
+@dataclass(frozen=True)
+class Event:
+    """What happened to one caption or QA item in one target language."""
+
+    lang: str
+    field: str  # "caption" | "qa"
+    source: str  # the caption, or the question
+    output: str | None  # its translation (for QA: the question's)
+    reason: str  # KEPT or the filter that dropped it
+
+    def stats_key(self) -> str:
+        return f"{self.lang}/{self.reason}"
+
+
+def source_texts(record: dict) -> list[str]:
+    """The English texts of a record in order: captions, then each QA item's question and answers."""
+    texts = list(record.get("captions", {}).get(SOURCE, []))
+    for item in record.get("qa", []):
+        if item.get("lang") == SOURCE:
             texts += [item["question"], *item["answers"]]
     return texts
 
 
-def _without(record: dict, targets: list[str]) -> dict:
-    """A copy of the record without earlier translations into targets (re-translation replaces them)."""
-    return {
-        **record,
-        "captions": {lang: caps for lang, caps in record["captions"].items() if lang not in targets},
-        "qa": [item for item in record["qa"] if item["lang"] not in targets],
-    }
-
-
-def translate_records(
-    records: list[dict], translator: Translator, langs: Iterable[str]
-) -> tuple[list[dict], Counter]:
-    """Add captions and QA in every language of langs, translating from English.
-
-    All distinct English texts go to the translator in one call per target language. A caption whose
-    translation fails a filter is dropped; a QA item is dropped when its question or any answer fails.
-    Stats count kept items ("translated") and dropped ones by reason ("dropped/<reason>").
-    """
-    targets = [lang for lang in validate_languages(langs) if lang != "en"]
-    texts = list(dict.fromkeys(text for record in records for text in _english_texts(record)))
-    # Each distinct text is judged once: tgt -> text -> (translation, stats key).
-    verdicts = {
-        tgt: _judge(texts, translator.translate(texts, "en", tgt), translator, tgt)
-        for tgt in tqdm(targets, desc="translate", disable=None)
-    }
-    qa_verdicts: dict[str, dict] = {tgt: {} for tgt in targets}  # per tgt: QA texts -> _judge_qa()
-    out = []
-    stats: Counter = Counter()
-    for record in records:
-        new = _without(record, targets)
-        english_qa = [item for item in record["qa"] if item["lang"] == "en"]
-        for tgt, judged in verdicts.items():
-            captions = []
-            for caption in record["captions"].get("en", []):
-                dst, key = judged[caption]
-                stats[key] += 1
-                if key == KEPT:
-                    captions.append(dst)
-            if captions:
-                new["captions"][tgt] = captions
-            for item in english_qa:
-                texts = (item["question"], *item["answers"])
-                if texts not in qa_verdicts[tgt]:
-                    qa_verdicts[tgt][texts] = _judge_qa(texts, judged)
-                key, question, answers = qa_verdicts[tgt][texts]
-                stats[key] += 1
-                if key == KEPT:
-                    new["qa"].append({**item, "lang": tgt, "question": question, "answers": list(answers)})
-        out.append(new)
-    return out, stats
-
-
-def _judge_qa(texts: tuple[str, ...], judged: dict[str, tuple]) -> tuple[str, str, tuple[str, ...]]:
-    """(stats key, question, answers): a QA item is kept only if its question and every answer are."""
-    key = next((judged[text][1] for text in texts if judged[text][1] != KEPT), KEPT)
-    return key, judged[texts[0]][0], tuple(judged[text][0] for text in texts[1:])
-
-
-def _judge(texts: list[str], outputs: list[str | None], translator: Translator, tgt: str) -> dict[str, tuple]:
+def judge(texts: list[str], outputs: list[str | None], tgt: str, filters: FilterConfig,
+          back_translate: Callable[[list[str]], list[str | None]] | None = None) -> dict[str, tuple[str | None, str]]:
+    """Each text's (translation, KEPT or the first failing filter). With `back_translate` (target -> English,
+    used when filters.back_translation_chrf > 0), kept translations are also scored by chrF of their back
+    translation against the source."""
     if len(outputs) != len(texts):
-        raise ValueError(f"translator {translator.name!r} returned {len(outputs)} outputs for {len(texts)} texts")
-    judged = {}
-    for src, dst in zip(texts, outputs):
-        reason = "untranslatable" if dst is None else check_translation(src, dst, tgt)
-        judged[src] = (dst, f"dropped/{reason}" if reason else KEPT)
+        raise ValueError(f"the translator returned {len(outputs)} outputs for {len(texts)} texts ({tgt})")
+    judged = {src: (out, check_translation(src, out, tgt, filters) or KEPT) for src, out in zip(texts, outputs)}
+    if filters.back_translation_chrf > 0 and back_translate is not None:
+        kept = [src for src, (_, reason) in judged.items() if reason == KEPT]
+        backs = back_translate([judged[src][0] for src in kept])
+        for src, back in zip(kept, backs):
+            if back is None or sacrebleu.sentence_chrf(back, [src]).score < filters.back_translation_chrf:
+                judged[src] = (judged[src][0], "back_translation")
     return judged
+
+
+def apply_verdicts(record: dict, verdicts: Verdicts) -> tuple[dict, list[Event]]:
+    """A copy of `record` with the kept translations added (earlier ones into those languages replaced).
+
+    A caption is added when kept; a QA item only when its question and every answer are.
+    """
+    targets = set(verdicts)
+    new = {
+        **record,
+        "captions": {lang: caps for lang, caps in record.get("captions", {}).items() if lang not in targets},
+        "qa": [item for item in record.get("qa", []) if item.get("lang") not in targets],
+    }
+    events = []
+    english_qa = [item for item in record.get("qa", []) if item.get("lang") == SOURCE]
+    for tgt, judged in verdicts.items():
+        captions = []
+        for caption in record.get("captions", {}).get(SOURCE, []):
+            out, reason = judged[caption]
+            events.append(Event(tgt, "caption", caption, out, reason))
+            if reason == KEPT:
+                captions.append(out)
+        if captions:
+            new["captions"][tgt] = captions
+        for item in english_qa:
+            texts = (item["question"], *item["answers"])
+            reason = next((judged[t][1] for t in texts if judged[t][1] != KEPT), KEPT)
+            events.append(Event(tgt, "qa", item["question"], judged[item["question"]][0], reason))
+            if reason == KEPT:
+                answers = [judged[t][0] for t in item["answers"]]
+                new["qa"].append({**item, "lang": tgt, "question": judged[item["question"]][0], "answers": answers})
+    return new, events
+
+
+def summary_table(stats: Counter) -> list[dict]:
+    """Per target language: items kept and dropped by reason, from "lang/reason" stats keys."""
+    rows: dict[str, Counter] = {}
+    for key, n in stats.items():
+        lang, _, reason = key.partition("/")
+        if reason:
+            rows.setdefault(lang, Counter())[reason] += n
+    return [{"lang": lang, "total": sum(c.values()), **dict(sorted(c.items()))} for lang, c in sorted(rows.items())]

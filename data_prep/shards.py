@@ -1,27 +1,31 @@
-"""Webdataset shards: writing them, and the two preparation paths (synthetic scenes, existing shards)."""
+"""Webdataset shards: writing them, and the synthetic data of the demo (English scenes, then the translation job)."""
 
 from __future__ import annotations
 
 import gc
 import io
 import json
+import logging
 import os
+import shutil
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from itertools import islice
 from pathlib import Path
 
 import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
+from data_prep.filters import FilterConfig
 from data_prep.languages import validate_languages
-from data_prep.records import translate_records
+from data_prep.manifest import MANIFEST, write_manifest
 from data_prep.synthetic import Scene, english_caption, english_qa, generate_scenes, render
-from data_prep.translate import Translator, make_translator
+from data_prep.translate import PhraseTableTranslator, Translator
+from data_prep.translate_job import STATE, translate_dataset
+
+log = logging.getLogger(__name__)
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 PNG_COMPRESS_LEVEL = 1  # faster than the default 6, and on these noisy images even ~10% smaller
@@ -73,16 +77,6 @@ def write_shards(samples: Iterable[dict], out_dir: str | Path, prefix: str, maxc
         return _publish(Path(tmp), out_dir, prefix)
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _as_translator(translator: Translator | str) -> Translator:
-    return make_translator(translator) if isinstance(translator, str) else translator
-
-
 def _english_record(scene: Scene) -> dict:
     return {
         "scene": scene.to_dict(),
@@ -127,12 +121,14 @@ def prepare_synthetic(
     seed: int = 0,
     image_size: int = 64,
     shard_size: int = 1000,
-    translator: Translator | str = "phrase_table",
+    translator: Translator | None = None,
+    filters: FilterConfig | None = None,
 ) -> dict:
-    """Generate, translate and shard synthetic train/val scenes; write and return out_dir/manifest.json.
+    """Generate synthetic train/val scenes as English shards, then translate them with the job every
+    `vlm prep translate` runs (phrase-table backend by default); write and return out_dir/manifest.json.
 
-    English is always included (it is the source). The manifest is written last, so its presence
-    marks a complete set.
+    English is always included (it is the source). The folder is made afresh: an earlier set, its
+    translation state and its logs are replaced.
     """
     start = time.perf_counter()
     for name, value, least in (("n_train", n_train, 0), ("n_val", n_val, 0), ("image_size", image_size, 16),
@@ -140,93 +136,27 @@ def prepare_synthetic(
         if value < least:
             raise ValueError(f"prepare_synthetic: {name} must be >= {least}, got {value}")
     languages = validate_languages(["en", *validate_languages(langs)])
-    translator = _as_translator(translator)
+    translator = translator or PhraseTableTranslator()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "manifest.json").unlink(missing_ok=True)
-    manifest: dict = {}
-    stats: Counter = Counter()
+    (out_dir / MANIFEST).unlink(missing_ok=True)
+    for stale in (STATE, "rejected", ".english"):
+        shutil.rmtree(out_dir / stale, ignore_errors=True)
+    english_dir = out_dir / ".english"
+    splits = {}
     with _gc_paused():
         for split, n in (("train", n_train), ("val", n_val)):
             split_seed = (seed, _SPLIT_IDS[split])
             scenes = generate_scenes(n, seed=split_seed)
-            records, split_stats = translate_records([_english_record(s) for s in scenes], translator, languages)
-            stats.update(split_stats)
-            samples = _synthetic_samples(scenes, records, image_size, split_seed)
-            shards = write_shards(tqdm(samples, total=n, desc=split, disable=None), out_dir, split, shard_size)
-            manifest[split] = [path.name for path in shards]
-    manifest |= {
-        "languages": languages,
-        "n_train": n_train,
-        "n_val": n_val,
-        "stats": dict(sorted(stats.items())),
-        "seconds": round(time.perf_counter() - start, 2),
-    }
-    _write_json_atomic(out_dir / "manifest.json", manifest)
+            samples = _synthetic_samples(scenes, [_english_record(s) for s in scenes], image_size, split_seed)
+            shards = write_shards(tqdm(samples, total=n, desc=split, disable=None), english_dir, split, shard_size)
+            splits[split] = {"shards": {path.name: 0 for path in shards}, "languages": {}}
+            for stale in out_dir.glob(f"{split}-[0-9]*.tar"):
+                stale.unlink()
+        write_manifest(english_dir, splits)
+        manifest = translate_dataset([str(english_dir)], out_dir, languages, translator, filters,
+                                     settings={"backend": translator.name},
+                                     extra={"n_train": n_train, "n_val": n_val}, progress=False)
+    shutil.rmtree(english_dir)
+    log.info("synthetic data: %d train + %d val scenes in %.1f s", n_train, n_val, time.perf_counter() - start)
     return manifest
-
-
-def _chunks(items: Iterable, size: int) -> Iterator[list]:
-    iterator = iter(items)
-    while chunk := list(islice(iterator, size)):
-        yield chunk
-
-
-def _read_sample(raw: dict, stats: Counter) -> tuple[str, str, bytes, dict] | None:
-    """(key, image extension, image bytes, English record) of a raw shard sample; None (counted) if unusable."""
-    image_key = next((key for key in IMAGE_KEYS if key in raw), None)
-    if image_key is None:
-        stats["skipped/no_image"] += 1
-        return None
-    try:
-        meta = json.loads(raw["json"]) if "json" in raw else {}
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        meta = None
-    if not isinstance(meta, dict):
-        stats["skipped/bad_json"] += 1
-        return None
-    given = meta.get("captions") if isinstance(meta.get("captions"), dict) else {}
-    captions = given.get("en") or (raw["txt"].decode("utf-8", "replace") if "txt" in raw else "")
-    captions = [captions] if isinstance(captions, str) else captions if isinstance(captions, list) else []
-    captions = [c.strip() for c in captions if isinstance(c, str) and c.strip()]
-    if not captions:
-        stats["skipped/no_caption"] += 1
-        return None
-    record = {**meta, "captions": {**given, "en": captions}, "qa": meta.get("qa", [])}
-    return raw["__key__"], image_key, raw[image_key], record
-
-
-def translate_shards(
-    in_urls: list[str],
-    out_dir: str | Path,
-    langs: Iterable[str],
-    translator: Translator | str,
-    prefix: str = "train",
-    maxcount: int = 1000,
-) -> dict:
-    """Translate existing shards (image + json captions.en or img2dataset txt) into new shards.
-
-    Images pass through as the original bytes. Records are translated maxcount at a time, so memory
-    stays bounded and each translator call still sees a large batch.
-    """
-    start = time.perf_counter()
-    languages = validate_languages(["en", *validate_languages(langs)])
-    translator = _as_translator(translator)
-    stats: Counter = Counter()
-
-    def samples() -> Iterator[dict]:
-        for chunk in _chunks(wds.WebDataset(in_urls, shardshuffle=False), maxcount):
-            read = [sample for raw in chunk if (sample := _read_sample(raw, stats)) is not None]
-            records, chunk_stats = translate_records([record for *_, record in read], translator, languages)
-            stats.update(chunk_stats)
-            stats["samples"] += len(read)
-            for (key, image_key, image, _), record in zip(read, records):
-                yield {"__key__": key, image_key: image, "json": record}
-
-    shards = write_shards(tqdm(samples(), desc=prefix, disable=None), out_dir, prefix, maxcount)
-    return {
-        "shards": [path.name for path in shards],
-        "languages": languages,
-        "stats": dict(sorted(stats.items())),
-        "seconds": round(time.perf_counter() - start, 2),
-    }

@@ -161,7 +161,9 @@ def _series(records: list[dict]) -> tuple[dict, dict]:
     evals: dict[str, tuple[list, list]] = {}
     for r in records:
         if r.get("kind") == "train":
-            terms = {k: v for k, v in r.items() if k not in _BOOKKEEPING}
+            # Per-language/task shares and per-reason skip counts ("lang/de", "bad/tar_error") stay in
+            # metrics.jsonl and TensorBoard: one panel each would bury the loss curves.
+            terms = {k: v for k, v in r.items() if k not in _BOOKKEEPING and "/" not in k}
             target = train
         elif r.get("kind") == "eval":
             terms = {k.removeprefix("val_"): v for k, v in r.items() if k.startswith("val_")}

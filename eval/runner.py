@@ -20,12 +20,13 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from eval.captioning import caption_scores, fidelity_method, language_fidelity, majority_caption
+from data_prep.language_id import fidelity_method
+from eval.captioning import caption_scores, language_fidelity, majority_caption
 from eval.retrieval import chance_recall, recall_at_k
 from eval.suites import Benchmark, BenchmarkImage
 from eval.vqa import accuracy_by_type, majority_baseline
 from vlm.config import EvalConfig
-from vlm.data.templates import caption_prompt, vqa_prompt
+from vlm.data.templates import caption_prompt, templates_for, vqa_prompt
 from vlm.model.vlm import VisionLLM
 from vlm.train import distributed
 
@@ -129,6 +130,7 @@ def _run_part(model: VisionLLM, bench: Benchmark, cfg: EvalConfig, mode: str, ke
     loader = DataLoader(_Images(bench.images, mine, model.vision.preprocess), batch_size=cfg.batch_size,
                         num_workers=0 if in_memory else cfg.num_workers, collate_fn=_collate)
     caption_options, vqa_options = decoding_options(cfg, vqa=False), decoding_options(cfg, vqa=True)
+    templates = templates_for(model.cfg.data)  # the prompts it was trained with (first template of each list)
     kept_tokens = []
     for positions, pixels, skipped in tqdm(loader, desc=f"eval {bench.name}", leave=False,
                                            disable=None if progress and rank == 0 else True):
@@ -144,7 +146,7 @@ def _run_part(model: VisionLLM, bench: Benchmark, cfg: EvalConfig, mode: str, ke
         for lang in bench.languages:
             if "captioning" in bench.tasks:
                 rows = [j for j, p in enumerate(positions) if bench.images[p].captions.get(lang)]
-                prompts = [caption_prompt(lang, cfg.prompt_language)] * len(rows)
+                prompts = [caption_prompt(lang, cfg.prompt_language, templates)] * len(rows)
                 hyps = _generate(model, tokens, rows, prompts, caption_options, cfg.batch_size)
                 part.captions.setdefault(lang, {}).update({positions[j]: h for j, h in zip(rows, hyps)})
             if "vqa" in bench.tasks:
@@ -153,11 +155,13 @@ def _run_part(model: VisionLLM, bench: Benchmark, cfg: EvalConfig, mode: str, ke
                     for q, item in _vqa_items(bench.images[p], lang):
                         rows.append(j)
                         keys.append((p, q))
-                        prompts.append(vqa_prompt(item["question"], bench.answer_language or lang, cfg.prompt_language))
+                        prompts.append(vqa_prompt(item["question"], bench.answer_language or lang, cfg.prompt_language,
+                                                  templates))
                 answers = _generate(model, tokens, rows, prompts, vqa_options, cfg.batch_size)
                 part.answers.setdefault(lang, {}).update(zip(keys, answers))
             if model.bridge_reads_prompt:
-                probs = model.route(tokens, [caption_prompt(lang, cfg.prompt_language)] * len(positions)).router_probs
+                probs = model.route(tokens, [caption_prompt(lang, cfg.prompt_language, templates)]
+                                    * len(positions)).router_probs
                 part.routing[lang] = part.routing.get(lang, 0) + probs.float().sum(dim=0).cpu()
     if "retrieval" in bench.tasks:
         records = [image.record for image in bench.images]

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import io
 import json
-import random
 from collections import Counter
 from pathlib import Path
 
@@ -13,12 +11,12 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from data_prep.filters import check_translation
+from data_prep.filters import FilterConfig, check_translation
 from data_prep.languages import LANGUAGES, get_language, matches_language_script, script_of, validate_languages
 from data_prep.phrase_grammar import EnglishParser, Meaning, Renderer
 from data_prep.phrase_tables import TABLES
-from data_prep.records import translate_records
-from data_prep.shards import prepare_synthetic, translate_shards, write_shards
+from data_prep.records import apply_verdicts, judge, source_texts
+from data_prep.shards import prepare_synthetic, write_shards
 from data_prep.synthetic import (
     COLOURS,
     POSITIONS,
@@ -31,7 +29,7 @@ from data_prep.synthetic import (
     generate_scenes,
     render,
 )
-from data_prep.translate import PhraseTableTranslator, make_translator
+from data_prep.translate import PhraseTableTranslator, TranslateConfig, make_translator
 
 TEN = ["en", "de", "fr", "hi", "si", "zh", "ar", "ru", "sw", "ja"]
 
@@ -52,6 +50,19 @@ def _texts(scene: Scene) -> list[str]:
 
 def _record(caption: str, qa: list[dict] | None = None) -> dict:
     return {"captions": {"en": [caption]}, "qa": qa or []}
+
+
+def translate_records(records: list[dict], translator, langs: list[str]) -> tuple[list[dict], Counter]:
+    """What the translation job does per shard, in memory: judge each distinct text once per language."""
+    texts = list(dict.fromkeys(t for r in records for t in source_texts(r)))
+    verdicts = {tgt: judge(texts, translator.translate(texts, "en", tgt), tgt, FilterConfig())
+                for tgt in langs if tgt != "en"}
+    out, stats = [], Counter()
+    for record in records:
+        new, events = apply_verdicts(record, verdicts)
+        stats.update(e.stats_key() for e in events)
+        out.append(new)
+    return out, stats
 
 
 # --- languages ---------------------------------------------------------------------------------
@@ -218,7 +229,7 @@ def test_every_language_translates_every_text(lang, scenes, translator):
     out = translator.translate(texts, "en", lang)
     assert None not in out and len(out) == len(texts)
     for src, dst in zip(texts, out):
-        assert check_translation(src, dst, lang) is None, (src, dst)
+        assert lang == "en" or check_translation(src, dst, lang) is None, (src, dst)  # English is never a target
         assert matches_language_script(dst, lang), dst
     captions = translator.translate([english_caption(s) for s in scenes], "en", lang)
     assert len(set(captions)) == len({english_caption(s) for s in scenes}) > 150  # not a constant
@@ -267,7 +278,7 @@ def test_out_of_grammar_text_is_none_and_dropped(translator):
     bad_qa = {"lang": "en", "type": "colour", "question": "what colour is the circle?", "answers": ["teal"]}
     records = [_record("a big blue star at the top", [good_qa, bad_qa]), _record("a cat on a mat")]
     out, stats = translate_records(records, translator, ["en", "de", "hi"])
-    assert stats == Counter({"translated": 4, "dropped/untranslatable": 4})
+    assert stats == Counter({"de/kept": 2, "hi/kept": 2, "de/untranslatable": 2, "hi/untranslatable": 2})
     assert out[0]["captions"] == {"en": ["a big blue star at the top"], "de": ["ein großer blauer Stern oben"],
                                   "hi": ["ऊपर एक बड़ा नीला तारा"]}
     assert [(q["lang"], q["answers"]) for q in out[0]["qa"]] == [("en", ["one"]), ("en", ["teal"]),
@@ -275,7 +286,7 @@ def test_out_of_grammar_text_is_none_and_dropped(translator):
     assert out[1]["captions"] == {"en": ["a cat on a mat"]}
     assert records[0]["captions"] == {"en": ["a big blue star at the top"]}  # inputs are not modified
     out, stats = translate_records(records[1:], translator, ["sw"])
-    assert out[0]["captions"] == {"en": ["a cat on a mat"]} and stats == Counter({"dropped/untranslatable": 1})
+    assert out[0]["captions"] == {"en": ["a cat on a mat"]} and stats == Counter({"sw/untranslatable": 1})
 
 
 def test_filter_failures_are_counted_by_reason():
@@ -287,28 +298,45 @@ def test_filter_failures_are_counted_by_reason():
 
     records = [_record("a big blue star at the top"), _record("at the bottom"), _record("on the left")]
     out, stats = translate_records(records, Broken(), ["hi", "zh"])
-    assert stats == Counter({"dropped/wrong_script": 1, "dropped/empty": 1, "dropped/repetition": 1,
-                             "dropped/length_ratio": 3})
-    assert all(set(r["captions"]) == {"en"} for r in out)
+    # One character is too short for the 26-character caption; the short ones have no lower bound.
+    assert stats == Counter({"hi/wrong_script": 1, "hi/empty": 1, "hi/repetition": 1, "zh/length_ratio": 1,
+                             "zh/kept": 2})
+    assert [set(r["captions"]) for r in out] == [{"en"}, {"en", "zh"}, {"en", "zh"}]
 
 
 def test_check_translation_reasons():
-    assert check_translation("on the left", "links", "de") is None
-    assert check_translation("on the left", "  ", "de") == "empty"
-    assert check_translation("on the left", "on the left", "hi") == "wrong_script"
-    assert check_translation("on the left", "l" * 60, "de") == "length_ratio"
-    assert check_translation("on the left and a big star", "l", "de") == "length_ratio"
-    assert check_translation("on the left", "左", "zh") == "length_ratio"  # 1/11 < 0.1
-    assert check_translation("on the left", "左边", "zh") is None  # 2/11: fine for zh, not for de
+    src = "a big red star on the left"
+    assert check_translation(src, "ein großer roter Stern links", "de") is None
+    assert check_translation(src, None, "de") == "untranslatable"
+    assert check_translation(src, "  ", "de") == "empty"
+    assert check_translation(src, "A big red  star on the LEFT", "de") == "copy"
+    assert check_translation("Paris", "Paris", "fr") is None  # short texts may stay as they are
+    assert check_translation(src, "ein großer roter Stern links", "hi") == "wrong_script"
+    assert check_translation("how many shapes?", "2", "de") == "wrong_script"
+    assert check_translation("2", "2", "hi") is None  # no letters in, none out
+    assert check_translation(src, "ein großer roter Stern links" * 4, "de") == "length_ratio"
+    assert check_translation("red", "l" * 60, "de") == "length_ratio"  # a run-on even for a short source
+    assert check_translation(src, "Stern", "de") == "length_ratio"
+    assert check_translation("on the left", "左", "zh") is None  # short source: no lower bound
+    assert check_translation(src, "左边大红星", "zh") is None  # 5/26: fine for zh, not for de
+    assert check_translation(src, "星", "zh") == "length_ratio"
     assert check_translation("a a a a a", "ein ein ein ein ein", "de") == "repetition"
     assert check_translation("a a a a", "ein ein ein ein", "de") is None
+    assert check_translation("a red star and a blue star", "ein roter Stern ein roter Stern ein roter Stern "
+                             "ein roter Stern ein roter Stern", "de") == "repetition"  # a 3-gram loop
     assert check_translation("circle circle circle", "圆圆圆圆圆", "zh") == "repetition"
+    assert check_translation(src, "a big red star at the left side", "de") == "language_id"  # English, not German
+    assert check_translation(src, "a big red star at the left side", "de", FilterConfig(language_id=False)) is None
+    off = FilterConfig(copy=False, script=False, max_repeats=0, length_ratio_tolerance=0, language_id=False)
+    assert check_translation(src, "l", "hi", off) is None
+    with pytest.raises(ValueError, match="'xx'"):
+        check_translation(src, "x", "xx")
 
 
 def test_unknown_backend_and_languages(translator, tmp_path):
-    with pytest.raises(ValueError, match=r"unknown translation backend 'nllb' \(known: phrase_table\)"):
-        make_translator("nllb")
-    assert make_translator("phrase_table").name == "phrase_table"
+    with pytest.raises(ValueError, match=r"'prep.translate.backend' is 'x'; choose one of: nllb, m2m100"):
+        make_translator(TranslateConfig(backend="x"))
+    assert make_translator(TranslateConfig(backend="phrase-table")).name == "phrase-table"
     with pytest.raises(ValueError, match=r"no table for 'es' \(known: en, de"):
         translator.translate(["two"], "en", "es")
     with pytest.raises(ValueError, match="English only"):
@@ -334,7 +362,11 @@ def test_prepare_synthetic_round_trip(tmp_path):
     assert manifest["val"] == ["val-000000.tar"]
     assert manifest["languages"] == ["en", "de", "zh", "si"] and manifest["n_train"] == 50
     assert json.loads((tmp_path / "a" / "manifest.json").read_text()) == manifest
-    assert set(manifest["stats"]) == {"translated"}
+    assert set(manifest["stats"]) == {f"{lang}/kept" for lang in langs}  # the phrase tables are exact
+    assert manifest["counts"]["train"] == {
+        "samples": 50, "shards": {"train-000000.tar": 20, "train-000001.tar": 20, "train-000002.tar": 10},
+        "languages": {lang: 50 for lang in ["en", *langs]}}
+    assert not (tmp_path / "a" / ".english").exists()  # the English staging set is gone
     train = _read([tmp_path / "a" / name for name in manifest["train"]])
     val = _read([tmp_path / "a" / name for name in manifest["val"]])
     assert len(train) == 50 and len(val) == 12
@@ -349,7 +381,7 @@ def test_prepare_synthetic_round_trip(tmp_path):
         assert [q for q in record["qa"] if q["lang"] == "en"] == [{"lang": "en", **q} for q in english_qa(scene)]
         assert Counter(q["lang"] for q in record["qa"]) == {lang: len(english_qa(scene)) for lang in ["en", *langs]}
         n_items += len(langs) * (1 + len(english_qa(scene)))
-    assert manifest["stats"]["translated"] == n_items
+    assert sum(manifest["stats"].values()) == n_items
     assert [s["json"]["scene"] for s in val] != [s["json"]["scene"] for s in train[:12]]  # its own seed stream
 
     # The same seed gives the same samples.
@@ -369,45 +401,3 @@ def test_write_shards_replaces_an_older_set(tmp_path):
     back = list(wds.WebDataset([str(second[0])], shardshuffle=False).decode())
     assert [(s["txt"], s["json"]) for s in back] == [(f"sample {i}", {"i": i, "s": "ශ්‍රී"}) for i in range(2)]
     assert write_shards([], tmp_path, "x", maxcount=3) == [] and not list(tmp_path.iterdir())
-
-
-def _jpeg(colour: tuple[int, int, int]) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (32, 24), colour).save(buffer, format="JPEG")
-    return buffer.getvalue()
-
-
-def test_translate_shards_on_img2dataset_shards(tmp_path):
-    rng = random.Random(0)
-    captions = [english_caption(s) for s in generate_scenes(5, seed=2)] + ["a photo of a dog"]
-    raw = []
-    for i, caption in enumerate(captions):
-        meta = {"url": f"http://example.com/{i}.jpg", "caption": caption, "status": "success"}
-        raw.append({"__key__": f"{i:09d}", "jpg": _jpeg((rng.randrange(256), 0, 0)), "txt": caption, "json": meta})
-    raw.append({"__key__": "000000100", "txt": "a big red star at the top"})  # no image: skipped
-    raw.append({"__key__": "000000101", "jpg": _jpeg((0, 0, 0))})  # no caption: skipped
-    json_only = {"captions": {"en": "a big red star at the top"}}  # a string, not a list: accepted
-    raw.append({"__key__": "000000102", "png": _jpeg((0, 0, 0)), "json": json_only})
-    urls = write_shards(raw, tmp_path / "in", "img", maxcount=4)
-
-    summary = translate_shards([str(u) for u in urls], tmp_path / "out", ["de", "ja"], "phrase_table", maxcount=3)
-    assert summary["shards"] == ["train-000000.tar", "train-000001.tar", "train-000002.tar"]
-    assert summary["stats"] == {"samples": 7, "translated": 12, "dropped/untranslatable": 2,
-                                "skipped/no_image": 1, "skipped/no_caption": 1}
-    out = list(wds.WebDataset([str(tmp_path / "out" / n) for n in summary["shards"]], shardshuffle=False))
-    by_key = {s["__key__"]: s for s in out}
-    assert len(out) == 7
-    for i, caption in enumerate(captions):
-        sample = by_key[f"{i:09d}"]
-        assert sample["jpg"] == raw[i]["jpg"]  # image bytes pass through untouched
-        record = json.loads(sample["json"])
-        assert record["url"] == raw[i]["json"]["url"] and record["captions"]["en"] == [caption]
-        if caption == "a photo of a dog":
-            assert set(record["captions"]) == {"en"}
-        else:
-            assert record["captions"]["de"] == make_translator("phrase_table").translate([caption], "en", "de")
-            assert " " not in record["captions"]["ja"][0]
-    record = json.loads(by_key["000000102"]["json"])
-    assert by_key["000000102"]["png"] == raw[-1]["png"]
-    assert record["captions"] == {"en": ["a big red star at the top"], "de": ["ein großer roter Stern oben"],
-                                  "ja": ["上部に大きい赤い星があります"]}

@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from eval.captioning import bleu, cider_d, fidelity_method, language_fidelity, majority_caption, tokenize_for_metric
+from data_prep.language_id import fidelity_method
+from eval.captioning import bleu, cider_d, language_fidelity, majority_caption, tokenize_for_metric
 from eval.report import write_report
 from eval.retrieval import chance_recall, recall_at_k
 from eval.runner import language_means

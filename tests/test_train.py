@@ -36,6 +36,12 @@ def test_short_run_loss_falls(tiny_parts, tmp_path):
     rows = read_metrics(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in rows if r["kind"] == "eval"] == [20, 40]
     assert all({"lm", "contrastive", "itc", "itm", "itg", "lr", "grad_norm", "bad_samples"} <= set(r) for r in rows if r["kind"] == "train")
+    # skipped samples per reason, and the realised language and task mix of each window
+    train_rows = [r for r in rows if r["kind"] == "train"]
+    assert all({"bad/corrupt_image", "bad/tar_error", "language_rejected"} <= set(r) for r in train_rows)
+    assert all(0 <= r["data_wait_frac"] <= 1 for r in train_rows)  # the share of wall time spent waiting on data
+    assert all(sum(r[f"lang/{lang}"] for lang in cfg.data.languages) == pytest.approx(1.0, abs=1e-3) for r in train_rows)
+    assert all(sum(r[f"task/{task}"] for task in cfg.data.tasks) == pytest.approx(1.0, abs=1e-3) for r in train_rows)
     # the checkpoint holds only trainable weights, and the resolved config sits next to it
     weights, state = load_checkpoint(result.checkpoint)
     assert set(weights) == set(result.model.trainable_state_dict())
@@ -108,7 +114,9 @@ def test_bad_samples_are_skipped_and_counted(tiny_parts, tmp_path):
     batches = [next(it) for _ in range(good // 8)]
     consumed = batches[-1]["stream_consumed"]
     assert consumed >= 96 - 2  # the epoch's last samples may be broken ones
-    assert sum(b["bad_samples"] for b in batches) == consumed - len(batches) * 8 >= broken - 2
+    skipped = sum(sum(b["bad_samples"].values()) + b["language_rejected"] for b in batches)
+    assert skipped == consumed - len(batches) * 8
+    assert sum(b["bad_samples"].get("corrupt_image", 0) for b in batches) >= broken - 2
     assert all(b["images"].shape == (8, 3, 32, 32) and torch.isfinite(b["images"]).all() for b in batches)
 
 

@@ -10,10 +10,13 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
 
+from data_prep.build_shards import FORMATS as SHARD_FORMATS
+from data_prep.translate import BACKENDS
 from vlm.config import SUITES, ConfigError, check_paths, load_config
 
 DEFAULT_DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
@@ -32,21 +35,39 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("config", nargs="?", default=str(DEFAULT_DEMO_CONFIG), help="default: configs/demo.yaml")
     demo.add_argument("overrides", nargs="*")
 
-    prep = sub.add_parser("prep", help="write training shards")
+    prep = sub.add_parser("prep", help="write training shards: from your data, translated, or synthetic")
     prep_sub = prep.add_subparsers(dest="source", required=True)
-    synth = prep_sub.add_parser("synthetic", help="synthetic scenes, translated by the phrase table")
+    shards = prep_sub.add_parser("shards", help="webdataset shards from img2dataset, COCO, LLaVA or JSONL data")
+    shards.add_argument("inputs", nargs="+", help="img2dataset folder/tars, a COCO or LLaVA json, or a JSONL file")
+    shards.add_argument("--format", required=True, choices=SHARD_FORMATS)
+    shards.add_argument("--out", required=True)
+    shards.add_argument("--images", default="", help="the image folder (coco, llava; jsonl: paths relative to it)")
+    shards.add_argument("--split", default="train", help="the split name of the shards (their file prefix)")
+    shards.add_argument("--karpathy-split", default="",
+                        help="coco Karpathy file: keep this split (train adds restval)")
+    shards.add_argument("--shard-size", type=int, default=1000)
+    tr = prep_sub.add_parser("translate", help="translate the English captions and QA of shards into more languages")
+    tr.add_argument("inputs", nargs="+", help="a `vlm prep` folder (every split) or shard files, globs, brace "
+                    "patterns; then optional overrides such as prep.filters.max_repeats=3")
+    tr.add_argument("--out", required=True)
+    tr.add_argument("--langs", help="target languages, e.g. de,fr,zh (default: the config's prep.translate.languages)")
+    tr.add_argument("--backend", choices=BACKENDS, help="default: the config's prep.translate.backend (nllb)")
+    tr.add_argument("--model", help="a hub id or local folder; ctranslate2: the converted model folder")
+    tr.add_argument("--config", help="a YAML config whose prep section sets the backend and filter thresholds")
+    tr.add_argument("--split", default="train", help="the split name of loose shard files (a folder keeps its own)")
+    tr.add_argument("--batch-size", type=int, help="sentences per generate call")
+    tr.set_defaults(overrides=[])  # filled by main() with `section.key=value` items given after the options
+    ct2 = prep_sub.add_parser("ct2", help="convert an NLLB or M2M100 model for --backend ctranslate2")
+    ct2.add_argument("model", help="a hub id or local folder of the transformers model")
+    ct2.add_argument("--out", required=True)
+    ct2.add_argument("--quantization", help="int8, int8_float16, float16, ... (default: as saved)")
+    synth = prep_sub.add_parser("synthetic", help="synthetic scenes, translated by the phrase-table backend")
     synth.add_argument("--out", required=True)
     synth.add_argument("--n-train", type=int, default=20000)
     synth.add_argument("--n-val", type=int, default=300)
-    synth.add_argument("--languages", default="en,de,fr,hi,si,zh,ar,ru")
+    synth.add_argument("--langs", default="en,de,fr,hi,si,zh,ar,ru")
     synth.add_argument("--image-size", type=int, default=64)
     synth.add_argument("--seed", type=int, default=0)
-    tr = prep_sub.add_parser("translate", help="translate the English captions of existing shards")
-    tr.add_argument("shards", nargs="+", help="input shards (img2dataset layout: jpg + txt or json)")
-    tr.add_argument("--out", required=True)
-    tr.add_argument("--languages", required=True)
-    tr.add_argument("--backend", default="phrase_table")
-    tr.add_argument("--prefix", default="train")
 
     train = sub.add_parser("train", help="align a vision encoder to an LLM")
     _add_config_args(train)
@@ -106,25 +127,85 @@ def cmd_demo(args) -> int:
 
 
 def cmd_prep(args) -> int:
+    if args.source == "shards":
+        return _prep_shards(args)
+    if args.source == "translate":
+        return _prep_translate(args)
+    if args.source == "ct2":
+        from data_prep.neural_mt import convert_to_ct2
+
+        try:
+            print(convert_to_ct2(args.model, Path(args.out), quantization=args.quantization))
+        except ValueError as err:  # ctranslate2 missing
+            raise ConfigError(str(err)) from None
+        return 0
     from data_prep.languages import validate_languages
+    from data_prep.shards import prepare_synthetic
 
     try:
-        languages = validate_languages(args.languages.split(","))
+        languages = validate_languages(args.langs)
     except ValueError as err:
-        raise ConfigError(f"--languages: {err}") from None
-    if args.source == "synthetic":
-        from data_prep.shards import prepare_synthetic
-
-        summary = prepare_synthetic(Path(args.out), args.n_train, args.n_val, languages, seed=args.seed,
-                                    image_size=args.image_size)
-    else:
-        from data_prep.shards import translate_shards
-        from data_prep.translate import make_translator
-
-        summary = translate_shards(args.shards, Path(args.out), languages, make_translator(args.backend),
-                                   prefix=args.prefix)
-    print(json.dumps(summary, indent=2, ensure_ascii=False, default=str))
+        raise ConfigError(f"--langs: {err}") from None
+    manifest = prepare_synthetic(Path(args.out), args.n_train, args.n_val, languages, seed=args.seed,
+                                 image_size=args.image_size)
+    print(json.dumps(manifest["counts"], indent=1, ensure_ascii=False))
     return 0
+
+
+def _prep_shards(args) -> int:
+    from data_prep.build_shards import build_shards
+
+    try:
+        manifest = build_shards(args.format, args.inputs, Path(args.out), images=args.images, split=args.split,
+                                shard_size=args.shard_size, karpathy_split=args.karpathy_split)
+    except ValueError as err:  # bad input files and arguments are found before any shard is written
+        raise ConfigError(str(err)) from None
+    print(json.dumps({"counts": manifest["counts"], "stats": manifest.get("stats", {})}, indent=1))
+    return 0
+
+
+def _prep_translate(args) -> int:
+    from data_prep.languages import validate_languages
+    from data_prep.translate import make_translator
+    from data_prep.translate_job import check_settings, format_table, job_settings, plan_jobs, translate_dataset
+    from vlm.train import distributed
+
+    # Positional items that look like `section.key=value` are config overrides, the rest are inputs.
+    overrides = [item for item in args.inputs if _OVERRIDE.fullmatch(item)] + args.overrides
+    inputs = [item for item in args.inputs if item not in overrides]
+    flags = {"languages": args.langs and f"[{args.langs}]", "backend": args.backend, "model": args.model,
+             "batch_size": args.batch_size}
+    overrides += [f"prep.translate.{key}={value}" for key, value in flags.items() if value is not None]
+    cfg = load_config(args.config, overrides).prep
+    if not cfg.translate.languages:
+        raise ConfigError("no target languages: pass --langs or set prep.translate.languages")
+    settings = {key: getattr(cfg.translate, key) for key in ("backend", "model", "family", "num_beams",
+                                                             "max_input_tokens")}
+    try:  # bad inputs and a resume with other settings fail here, before a model loads
+        languages = validate_languages(cfg.translate.languages)
+        plan_jobs(inputs, args.split)
+        check_settings(Path(args.out), job_settings(settings, languages, cfg.filters))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    distributed.init_distributed()
+    try:
+        translator = make_translator(cfg.translate, [lang for lang in languages if lang != "en"])
+    except ValueError as err:  # a language the model has no token for, an unknown family
+        raise ConfigError(str(err)) from None
+    manifest = translate_dataset(inputs, Path(args.out), languages, translator, cfg.filters, split=args.split,
+                                 chunk_size=cfg.translate.chunk_size, rank=distributed.rank(),
+                                 world_size=distributed.world_size(), barrier=distributed.barrier,
+                                 settings=settings)
+    distributed.shutdown()
+    if manifest is not None:
+        translation = manifest["translation"]
+        print(format_table(manifest["filters"]["per_language"]))
+        print(f"{translation['texts_this_run']} texts translated at {translation['texts_per_second']} texts/s "
+              f"over {translation['world_size']} rank(s); rejected translations: {Path(args.out) / 'rejected'}")
+    return 0
+
+
+_OVERRIDE = re.compile(r"[a-z_]+(\.[a-z_]+)+=.*", re.DOTALL)
 
 
 def cmd_train(args) -> int:

@@ -17,6 +17,9 @@ from typing import Any
 
 import yaml
 
+from data_prep.filters import FilterConfig, validate_filters
+from data_prep.translate import TranslateConfig, validate_translate
+
 
 class ConfigError(ValueError):
     """A config problem; the message is one line naming the key or path."""
@@ -127,7 +130,23 @@ class DataConfig:
     task_weights: list[float] = field(default_factory=lambda: [0.4, 0.6])
     image_size: int = 224
     num_workers: int = 2
-    shuffle_buffer: int = 1000
+    shuffle_buffer: int = 1000  # samples per worker, shuffled before decoding
+    # Each worker draws its shards with replacement from the whole list (seeded by seed, rank and worker, so
+    # still deterministic and resumable) instead of splitting the list over ranks x workers; allows fewer
+    # shards than ranks x workers.
+    resampled: bool = False
+    # Temperature of language sampling: the target mix is q_L ∝ n_L^alpha, n_L the training samples holding
+    # language L (manifest.json counts.train.languages). 1 keeps the data's natural mix, 0 makes languages
+    # uniform. 0.3 as in XLM-R and mT5: low-resource languages are up-sampled (natural shares, as mBLIP uses,
+    # starve them) without repeating their few samples as often as a uniform mix would. Data translated into
+    # every language is unaffected: each sample then teaches L with probability q_L, nothing is dropped.
+    language_alpha: float = 0.3
+    # Prompt templates per language and task (YAML, see vlm/data/templates.yaml), laid over the packaged ones;
+    # "": the packaged file alone.
+    templates: str = ""
+    # Training picks one of a language's templates per example; false: always the first (the one evaluation
+    # uses), for a small LM that was pre-trained on those prompts alone.
+    template_variants: bool = True
 
 
 @dataclass
@@ -210,6 +229,14 @@ class DemoConfig:
 
 
 @dataclass
+class PrepConfig:
+    """`vlm prep translate`: the MT backend and the quality filters of its outputs (data_prep owns both)."""
+
+    translate: TranslateConfig = field(default_factory=TranslateConfig)
+    filters: FilterConfig = field(default_factory=FilterConfig)
+
+
+@dataclass
 class Config:
     vision: VisionConfig = field(default_factory=VisionConfig)
     bridge: BridgeConfig = field(default_factory=BridgeConfig)
@@ -219,6 +246,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
+    prep: PrepConfig = field(default_factory=PrepConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -233,7 +261,7 @@ RETRIEVAL_CAPTIONS = ("auto", "first", "all")
 SUITES = ("demo", "xm3600", "xgqa", "maxm", "multi30k", "xflickrco", "coco")  # eval.suites
 PROMPT_LANGUAGES = ("target", "en")
 LLM_KINDS = ("causal", "seq2seq")
-TASKS = ("caption", "vqa")
+TASKS = ("caption", "vqa", "match")  # match: caption matching, yes/no (mBLIP v2)
 PRECISIONS = ("auto", "fp32", "bf16")
 DISTRIBUTED = ("ddp",)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -409,6 +437,16 @@ def validate(cfg: Config) -> None:
            "'data.task_weights' must be >= 0 and not all 0")
     _check(data.image_size >= 8, "'data.image_size' must be >= 8")
     _check(data.num_workers >= 0, "'data.num_workers' must be >= 0")
+    _check(data.shuffle_buffer >= 1, "'data.shuffle_buffer' must be >= 1")
+    _check(0.0 <= data.language_alpha <= 1.0,
+           "'data.language_alpha' must be in [0, 1] (1: the data's natural language mix, 0: uniform)")
+    if data.templates and Path(data.templates).is_file():  # a missing file is check_paths' business
+        from vlm.data.templates import TemplateError, load_templates  # local: yaml + data_prep only
+
+        try:
+            load_templates(data.templates)
+        except TemplateError as err:
+            raise ConfigError(f"'data.templates': {err}") from None
     _check(train.batch_size >= 1, "'train.batch_size' must be >= 1")
     _check(train.grad_accum >= 1, "'train.grad_accum' must be >= 1")
     _check(train.max_steps >= 1, "'train.max_steps' must be >= 1")
@@ -438,6 +476,21 @@ def validate(cfg: Config) -> None:
            "'eval.itm_rerank_k' re-ranks with the ITM head: set bridge.text_branch=true and loss.itm_weight > 0")
     _check(not (cfg.vision.visual_weights and cfg.vision.pretrained),
            "'vision.visual_weights' and 'vision.pretrained' are both set; keep one")
+    _validate_prep(cfg.prep)
+
+
+def _validate_prep(prep: PrepConfig) -> None:
+    from data_prep.languages import validate_languages
+
+    try:
+        validate_translate(prep.translate)
+        validate_filters(prep.filters)
+        if prep.translate.languages:
+            validate_languages(prep.translate.languages)
+    except ValueError as err:
+        raise ConfigError(str(err) if str(err).startswith("'prep.") else f"'prep.translate.languages': {err}") from None
+    _check(prep.filters.back_translation_chrf == 0 or prep.translate.backend != "phrase-table",
+           "'prep.filters.back_translation_chrf' needs a backend that translates into English (not phrase-table)")
 
 
 def check_paths(cfg: Config) -> None:
@@ -452,6 +505,8 @@ def check_paths(cfg: Config) -> None:
         _check(Path(folder).is_dir(), f"'vision.name': folder not found: {folder}")
     _check_local_path(cfg.vision.pretrained, "vision.pretrained")
     _check_local_path(cfg.vision.visual_weights, "vision.visual_weights")
+    _check(not cfg.data.templates or Path(cfg.data.templates).is_file(),
+           f"'data.templates': file not found: {cfg.data.templates}")
     _check_local_path(cfg.llm.name, "llm.name")
     _check_local_path(cfg.llm.tokenizer, "llm.tokenizer")
     if cfg.bridge.type == "qformer":

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from data_prep.shards import prepare_synthetic
+from data_prep.translate import make_translator
 from eval.report import write_report
 from eval.runner import evaluate
 from eval.suites.loading import load_suite
@@ -54,7 +55,8 @@ def run_demo(cfg: Config, progress: bool = True) -> dict:
 
     t = time.time()
     manifest = prepare_synthetic(data_dir, demo.n_train, demo.n_val, cfg.data.languages, seed=demo.seed,
-                                 image_size=cfg.data.image_size)
+                                 image_size=cfg.data.image_size, translator=make_translator(cfg.prep.translate),
+                                 filters=cfg.prep.filters)
     stage("data", t)
     train_urls, val_urls = resolve_shards(cfg.data.train, "train"), resolve_shards(cfg.data.val, "val")
 

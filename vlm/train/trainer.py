@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,15 @@ from eval.report import write_report
 from eval.runner import evaluate
 from eval.suites.loading import load_suite
 from vlm.config import Config
-from vlm.data.pipeline import StreamPosition, TrainStream, fixed_batches, make_train_loader, resolve_shards
+from vlm.data.pipeline import (
+    BAD_REASONS,
+    REJECTED,
+    StreamPosition,
+    TrainStream,
+    fixed_batches,
+    make_train_loader,
+    resolve_shards,
+)
 from vlm.model.projectors import MoEProjector
 from vlm.model.vlm import VisionLLM
 from vlm.train import checkpoint, distributed
@@ -190,16 +199,24 @@ class Trainer:
         self.model.train()
         start = time.time()
         window: dict[str, float] = {}
-        window_steps, samples, bad_total = 0, 0, 0
+        window_steps, samples = 0, 0
+        skipped = dict.fromkeys((*BAD_REASONS, REJECTED), 0)  # samples the stream skipped, per reason, so far
+        mix: Counter = Counter()  # languages and tasks of this window's examples
+        waited, window_start = 0.0, time.perf_counter()  # seconds blocked on the loader in this window
         last: dict[str, float] = {}
         bar = tqdm(total=cfg.max_steps, initial=self.step, disable=None if cfg.progress and distributed.is_main() else True,
                    desc="train", dynamic_ncols=True)
         while self.step < cfg.max_steps:
             for micro in range(cfg.grad_accum):
+                t = time.perf_counter()
                 batch = next(loader)
+                waited += time.perf_counter() - t
                 self.position.batches += 1
                 self.position.consumed[batch["stream_role"]] = batch["stream_consumed"]
-                bad_total += batch["bad_samples"]
+                for reason, n in batch["bad_samples"].items():
+                    skipped[reason] += n
+                skipped[REJECTED] += batch[REJECTED]
+                mix.update([f"lang/{lang}" for lang in batch["langs"]] + [f"task/{task}" for task in batch["tasks"]])
                 sync = micro == cfg.grad_accum - 1 or not isinstance(self.ddp, DistributedDataParallel)
                 with contextlib.nullcontext() if sync else self.ddp.no_sync():
                     out = self._forward(batch)
@@ -218,15 +235,18 @@ class Trainer:
             bar.update(1)
 
             if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
-                last = self._log_window(window, window_steps, grad_norm, samples, bad_total, start)
+                window["data_wait_frac"] = waited / max(time.perf_counter() - window_start, 1e-9) * window_steps
+                last = self._log_window(window, window_steps, grad_norm, samples, skipped, mix, start)
                 bar.set_postfix(loss=f"{last['loss']:.3f}")
-                window, window_steps = {}, 0
+                window, window_steps, mix, waited = {}, 0, Counter(), 0.0
             if cfg.eval_every and self.val_batches and self.step % cfg.eval_every == 0:
                 self.metrics.log("eval", self.step, self.validate())
             if self.benchmark is not None and self.step % cfg.benchmark_every == 0:
                 self.run_benchmark()
             if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.max_steps:
                 self.save()
+            if not window_steps:  # a new window starts after this step's evaluation and saving
+                window_start = time.perf_counter()
             if cfg.max_minutes and time.time() - start > cfg.max_minutes * 60:
                 if distributed.is_main():
                     log.warning("train.max_minutes=%s reached at step %d; stopping", cfg.max_minutes, self.step)
@@ -241,17 +261,32 @@ class Trainer:
         self.model.eval()
         return TrainResult(self.model, self.output_dir, path, self.step, time.time() - start, last)
 
-    def _log_window(self, window: dict, steps: int, grad_norm, samples: int, bad_total: int, start: float) -> dict:
+    def _log_window(self, window: dict, steps: int, grad_norm, samples: int, skipped: dict[str, int], mix: Counter,
+                    start: float) -> dict:
+        """Window means of the loss terms (and `data_wait_frac`: the share of the window's wall time spent waiting
+        for the loader, 0 when it keeps up); skipped samples per reason since the start (`bad/<reason>`, their
+        sum `bad_samples`, and `language_rejected`); the window's language and task mix (`lang/<code>`,
+        `task/<name>`: shares of its examples). All summed over ranks."""
         names = sorted(window)
-        values = torch.tensor([window[n] / steps for n in names] + [samples, bad_total], dtype=torch.float64)
+        reasons = sorted(skipped)
+        shares = [f"lang/{lang}" for lang in self.cfg.data.languages] + [f"task/{t}" for t in self.cfg.data.tasks]
+        values = torch.tensor([window[n] / steps for n in names] + [samples] + [skipped[r] for r in reasons]
+                              + [mix[s] for s in shares], dtype=torch.float64)
         values = distributed.all_reduce_sum(values)
         row = {n: float(values[i]) / self.world for i, n in enumerate(names)}
+        counts = {r: int(values[len(names) + 1 + i]) for i, r in enumerate(reasons)}
+        mixed = values[len(names) + 1 + len(reasons):].tolist()
+        n_langs = len(self.cfg.data.languages)
+        examples = max(sum(mixed[:n_langs]), 1.0)
         elapsed = time.time() - start
         row.update({
             "lr": self.scheduler.get_last_lr()[0],
             "logit_scale": float(self.model.contrastive_loss.scale().detach()),
-            "samples_per_s": float(values[-2]) / max(elapsed, 1e-9),
-            "bad_samples": int(values[-1]),
+            "samples_per_s": float(values[len(names)]) / max(elapsed, 1e-9),
+            "bad_samples": sum(n for r, n in counts.items() if r != REJECTED),
+            **{f"bad/{r}": n for r, n in counts.items() if r != REJECTED},
+            REJECTED: counts[REJECTED],
+            **{s: round(m / examples, 4) for s, m in zip(shares, mixed)},
             "elapsed_s": round(elapsed, 2),
         })
         if "itc" in self.model.loss_weights:

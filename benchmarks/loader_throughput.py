@@ -1,0 +1,103 @@
+"""Training-stream throughput: samples/s the loader delivers (read, shuffle, decode, transform, pick a task and
+language, tokenize, collate) against the samples/s training consumes.
+
+Two data sets, built in a temp folder with the code `vlm prep` runs:
+- demo: the demo's synthetic scenes (64 px PNG, 8 languages, phrase-table translations), at the demo's
+  image size and tasks: the loader of `vlm demo`;
+- photo: 256 px JPEGs (img2dataset's default size and format) transformed to 224 px, a GPU recipe's loader.
+Each is read through `TrainStream` + `make_train_loader` (what the trainer uses) with 0, 1 and 2 workers.
+Run from the repository root:
+
+    python benchmarks/loader_throughput.py [--batches 30] [--out benchmarks/loader_throughput.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+from PIL import Image
+
+from data_prep.shards import prepare_synthetic, write_shards
+from vlm.config import load_config
+from vlm.data.collate import Collator
+from vlm.data.pipeline import TrainStream, make_train_loader, resolve_shards
+from vlm.parts import train_tokenizer
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "configs" / "demo.yaml"
+
+
+def photo_shards(folder: Path, n: int) -> Path:
+    """n 256x256 JPEGs (smooth noise, ~25 KB each at quality 95) with an English caption and a QA item."""
+    rng = np.random.default_rng(0)
+
+    def samples():
+        for i in range(n):
+            pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+            image = Image.fromarray(pixels).resize((256, 256), Image.BILINEAR)
+            buffer = io.BytesIO()
+            image.save(buffer, format="JPEG", quality=95)
+            record = {"captions": {"en": [f"a photo of object number {i} on a table"]},
+                      "qa": [{"lang": "en", "question": "what is on the table?", "answers": [f"object {i}"]}]}
+            yield {"__key__": f"{i:09d}", "jpg": buffer.getvalue(), "json": record}
+
+    write_shards(samples(), folder, "train", maxcount=max(n // 8, 1))
+    return folder
+
+
+def measure(urls: list[str], overrides: list[str], transform, collator: Collator, workers: int, batches: int) -> dict:
+    cfg = load_config(DEMO, [*overrides, f"data.num_workers={workers}"])
+    stream = TrainStream(urls, cfg.data, transform, collator, cfg.train.batch_size, seed=0, rank=0, world_size=1)
+    loader = iter(make_train_loader(stream, workers))
+    for _ in range(3):  # worker start-up and the shuffle buffer's first fill are not counted
+        next(loader)
+    start = time.perf_counter()
+    samples = sum(next(loader)["images"].shape[0] for _ in range(batches))
+    seconds = time.perf_counter() - start
+    return {"workers": workers, "samples_per_s": round(samples / seconds, 1), "batch_size": cfg.train.batch_size}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batches", type=int, default=30)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "loader_throughput.json"))
+    args = parser.parse_args()
+    tokenizer = train_tokenizer(["Caption in English: a small red circle on the left", "中文描述：左边有一个小的红色圆形",
+                                 "हिंदी में विवरण: बाईं ओर एक छोटा लाल वृत्त", "Question: how many shapes? Answer: two"] * 50,
+                                1024)
+    collator = Collator(tokenizer, "causal", 64, bridge_tokenizer=tokenizer, bridge_max_length=32)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        demo_cfg = load_config(DEMO)
+        prepare_synthetic(Path(tmp) / "demo", 2000, 10, demo_cfg.data.languages, image_size=demo_cfg.data.image_size,
+                          shard_size=250)
+        sets = {
+            "demo (64 px PNG, 8 languages)": (resolve_shards([str(Path(tmp) / "demo")], "train"), [],
+                                              open_clip.image_transform(demo_cfg.data.image_size, is_train=False)),
+            "photo (256 px JPEG -> 224 px)": (resolve_shards([str(photo_shards(Path(tmp) / "photo", 2000))], "train"),
+                                              ["data.languages=[en]", "data.image_size=224"],
+                                              open_clip.image_transform(224, is_train=False)),
+        }
+        for name, (urls, overrides, transform) in sets.items():
+            for workers in (0, 1, 2):
+                row = {"data": name, **measure(urls, overrides, transform, collator, workers, args.batches)}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    info = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
+    Path(args.out).write_text(json.dumps({"machine": info, "rows": rows}, indent=2) + "\n")
+    print("\n| data | workers | loader samples/s |")
+    print("|---|---|---|")
+    for row in rows:
+        print(f"| {row['data']} | {row['workers']} | {row['samples_per_s']} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""manifest.json: what a `vlm prep` folder holds. Written last, so its presence marks a complete set.
+
+    {
+      "train": ["train-000000.tar", ...],      # one shard list per split (what data.train reads)
+      "val": [...],
+      "counts": {"train": {"samples": 1200, "shards": {"train-000000.tar": 1000, ...},
+                           "languages": {"en": 1200, "de": 1187, ...}}},
+      ...                                      # the writer's own keys (source, stats, seconds)
+    }
+
+`languages` counts the samples that hold at least one caption or QA item in each language: the
+training stream's temperature sampling reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+MANIFEST = "manifest.json"
+
+
+def record_languages(record: dict) -> set[str]:
+    """The languages a record can teach: those with a non-empty caption list or a QA item."""
+    captions = record.get("captions") if isinstance(record.get("captions"), dict) else {}
+    langs = {lang for lang, texts in captions.items() if texts}
+    qa = record.get("qa") if isinstance(record.get("qa"), list) else []
+    return langs | {item["lang"] for item in qa if isinstance(item, dict) and item.get("lang")}
+
+
+class SplitCounter:
+    """Counts samples per shard and per language while a split is written."""
+
+    def __init__(self) -> None:
+        self.shards: dict[str, int] = {}
+        self.languages: Counter = Counter()
+
+    def add(self, shard: str, record: dict) -> None:
+        self.shards[shard] = self.shards.get(shard, 0) + 1
+        self.languages.update(record_languages(record))
+
+    def merge(self, other: dict) -> None:
+        """Add a `to_dict()` of another counter (another rank's or an earlier run's)."""
+        for name, n in other["shards"].items():
+            self.shards[name] = self.shards.get(name, 0) + n
+        self.languages.update(other["languages"])
+
+    def to_dict(self) -> dict:
+        return {
+            "samples": sum(self.shards.values()),
+            "shards": dict(sorted(self.shards.items())),
+            "languages": dict(sorted(self.languages.items())),
+        }
+
+
+def write_manifest(out_dir: str | Path, splits: dict[str, SplitCounter | dict], **extra) -> dict:
+    """Write out_dir/manifest.json atomically and return it. `splits` maps a split name to its counter
+    (or a counter's `to_dict()`); shards are listed in name order."""
+    counts = {name: c.to_dict() if isinstance(c, SplitCounter) else c for name, c in splits.items()}
+    manifest: dict = {name: sorted(c["shards"]) for name, c in counts.items()}
+    manifest["counts"] = counts
+    manifest |= extra
+    path = Path(out_dir) / MANIFEST
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+    return manifest
+
+
+def read_manifest(folder: str | Path) -> dict:
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder}: no {MANIFEST} (not a `vlm prep` folder, or an unfinished one)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return manifest
+
+
+def language_counts(manifests: Iterable[dict], split: str) -> Counter:
+    """Samples per language of `split`, summed over manifests (those without counts add nothing)."""
+    total: Counter = Counter()
+    for manifest in manifests:
+        total.update(manifest.get("counts", {}).get(split, {}).get("languages", {}))
+    return total

@@ -1,0 +1,362 @@
+"""`vlm prep translate`: add translations of the English captions and QA of webdataset shards.
+
+The unit of work is one input shard, written to out_dir under the same name with the translations added to
+each sample's json (images and other members pass through untouched). Under torchrun rank r takes shards
+r, r + world_size, ...; rank 0 writes manifest.json once every rank is done.
+
+Resuming after a kill redoes nothing and duplicates nothing:
+- translations are appended to a journal per shard and target language (`.translate/work/`) after every
+  chunk of `chunk_size` texts, so a kill loses at most the chunk in flight;
+- a finished shard is renamed into place, then marked done (`.translate/done/<shard>.json`, its counts);
+  a rerun skips done shards and translates only what a shard's journals lack.
+Every dropped translation is logged with its reason in `rejected/<shard>.jsonl`.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import webdataset as wds
+from tqdm import tqdm
+
+from data_prep.filters import FilterConfig
+from data_prep.manifest import MANIFEST, SplitCounter, read_manifest, write_manifest
+from data_prep.records import SOURCE, Verdicts, apply_verdicts, judge, source_texts, summary_table
+from data_prep.translate import Translator
+
+log = logging.getLogger(__name__)
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+STATE = ".translate"
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    split: str
+    url: str
+    name: str  # the output shard's file name
+
+    @property
+    def stem(self) -> str:
+        return self.name.removesuffix(".tar")
+
+
+def plan_jobs(inputs: list[str], split: str = "train") -> list[ShardJob]:
+    """The shards to translate: every split of a `vlm prep` folder (its manifest), or tar files/globs as `split`."""
+    jobs: list[ShardJob] = []
+    for item in inputs:
+        if Path(item).is_dir():
+            manifest = read_manifest(item)
+            splits = [key for key, value in manifest.items() if key != "counts" and isinstance(value, list)
+                      and all(isinstance(v, str) and v.endswith(".tar") for v in value)]
+            jobs += [ShardJob(s, str(Path(item) / name), name) for s in splits for name in manifest[s]]
+        else:
+            jobs += [ShardJob(split, url, Path(url).name) for url in _expand(item)]
+    names = Counter(job.name for job in jobs)
+    if clash := [name for name, n in names.items() if n > 1]:
+        raise ValueError(f"two input shards are both named {clash[0]}: outputs keep input names, rename one")
+    if not jobs:
+        raise FileNotFoundError("no input shards given")
+    return jobs
+
+
+def _expand(spec: str) -> list[str]:
+    """Files of a brace pattern and/or glob, like data.train's shard specs."""
+    urls = []
+    for url in wds.shardlists.expand_urls(spec):
+        matches = sorted(glob.glob(url)) if any(c in url for c in "*?[") else [url]
+        missing = [m for m in matches if not Path(m).is_file()]
+        if not matches or missing:
+            raise FileNotFoundError(f"input shard not found: {missing[0] if missing else url}")
+        urls += matches
+    return urls
+
+
+# --- the journal ---------------------------------------------------------------------------------
+
+
+class Journal:
+    """Append-only JSONL of finished translations {"src", "out"}; a torn last line (a kill mid-write) is ignored."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.done: dict[str, str | None] = {}
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    entry = json.loads(line)
+                    self.done[entry["src"]] = entry["out"]
+                except (ValueError, KeyError, TypeError):
+                    continue
+
+    def add(self, texts: list[str], outputs: list[str | None]) -> None:
+        if len(outputs) != len(texts):
+            raise ValueError(f"the translator returned {len(outputs)} outputs for {len(texts)} texts")
+        lines = "".join(json.dumps({"src": s, "out": o}, ensure_ascii=False) + "\n" for s, o in zip(texts, outputs))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as f:
+            if f.tell() and not self.path.read_bytes().endswith(b"\n"):
+                f.write("\n")  # end a torn line, so the new entries parse
+            f.write(lines)
+            f.flush()
+            os.fsync(f.fileno())
+        self.done.update(zip(texts, outputs))
+
+
+# --- reading input samples -----------------------------------------------------------------------
+
+
+def _samples(url: str, skipped: Counter) -> Iterator[tuple[dict, dict]]:
+    """(raw sample, English record) for each usable sample of a shard; unusable ones are counted by reason.
+    The record comes from the json (captions.en, or img2dataset's "caption") or an img2dataset .txt."""
+
+    def on_error(exc: Exception) -> bool:
+        skipped["skipped/tar_error"] += 1
+        log.warning("%s: %s", url, exc)
+        return True
+
+    for raw in wds.tariterators.tarfile_samples([{"url": url}], handler=on_error):
+        if not any(key in raw for key in IMAGE_KEYS):
+            skipped["skipped/no_image"] += 1
+            continue
+        try:
+            meta = json.loads(raw["json"]) if "json" in raw else {}
+        except (UnicodeDecodeError, ValueError):
+            meta = None
+        if not isinstance(meta, dict):
+            skipped["skipped/bad_json"] += 1
+            continue
+        captions = meta.get("captions") if isinstance(meta.get("captions"), dict) else {}
+        english = captions.get(SOURCE) or meta.get("caption") or raw.get("txt", b"").decode("utf-8", "replace")
+        english = [english] if isinstance(english, str) else english if isinstance(english, list) else []
+        english = [c.strip() for c in english if isinstance(c, str) and c.strip()]
+        qa = [q for q in meta.get("qa", []) if isinstance(q, dict) and q.get("question") and q.get("answers")]
+        if not english and not any(q.get("lang") == SOURCE for q in qa):
+            skipped["skipped/no_english"] += 1
+            continue
+        record = {**{k: v for k, v in meta.items() if k != "caption"}, "captions": {**captions, SOURCE: english}}
+        yield raw, {**record, "qa": qa}
+
+
+# --- one shard -----------------------------------------------------------------------------------
+
+
+@dataclass
+class ShardResult:
+    split: str
+    name: str
+    counts: dict  # SplitCounter.to_dict() of this shard
+    stats: dict  # "<lang>/<reason>" per caption/QA item, "skipped/<reason>" per sample
+    texts: int  # texts sent to the translator by this run (0 when the journals had them all)
+    translate_seconds: float
+
+
+class ShardTranslator:
+    """Translates shards one at a time for one rank, with journals, filters and a progress bar."""
+
+    def __init__(self, out_dir: Path, targets: list[str], translator: Translator, filters: FilterConfig,
+                 chunk_size: int, progress: tqdm) -> None:
+        self.out_dir, self.targets, self.translator = out_dir, targets, translator
+        self.filters, self.chunk_size, self.progress = filters, chunk_size, progress
+
+    def run(self, job: ShardJob) -> ShardResult:
+        work = self.out_dir / STATE / "work" / job.stem
+        skipped: Counter = Counter()
+        texts = list(dict.fromkeys(t for _, record in _samples(job.url, skipped) for t in source_texts(record)))
+        start, sent = time.perf_counter(), 0
+        verdicts: Verdicts = {}
+        journals = {tgt: Journal(work / f"{tgt}.jsonl") for tgt in self.targets}
+        sent += self._translate(texts, journals, SOURCE)
+        for tgt in self.targets:
+            back = self._back_translator(work, tgt)
+            outputs = [journals[tgt].done[t] for t in texts]
+            verdicts[tgt] = judge(texts, outputs, tgt, self.filters, back)
+        seconds = time.perf_counter() - start
+        counter, stats = SplitCounter(), Counter()
+        tmp = work / job.name
+        rejected = []
+        with wds.TarWriter(str(tmp), mtime=int(time.time())) as writer:
+            for raw, record in _samples(job.url, Counter()):  # skips were counted in the first pass
+                new, events = apply_verdicts(record, verdicts)
+                stats.update(event.stats_key() for event in events)
+                rejected += [{"key": raw["__key__"], **asdict(e)} for e in events if e.reason != "kept"]
+                members = {k: v for k, v in raw.items() if not k.startswith("__") or k == "__key__"}
+                writer.write({**members, "json": json.dumps(new, ensure_ascii=False).encode("utf-8")})
+                counter.add(job.name, new)
+        os.replace(tmp, self.out_dir / job.name)
+        if rejected:
+            _write_jsonl(self.out_dir / "rejected" / f"{job.stem}.jsonl", rejected)
+        result = ShardResult(job.split, job.name, counter.to_dict(), dict(stats + skipped), sent, seconds)
+        _write_json(self.out_dir / STATE / "done" / f"{job.stem}.json", asdict(result))
+        shutil.rmtree(work, ignore_errors=True)
+        return result
+
+    def _translate(self, texts: list[str], journals: dict[str, Journal], src: str) -> int:
+        """Translate what the journals lack, chunk by chunk, longest first (least padding per batch)."""
+        pending = {tgt: sorted((t for t in texts if t not in j.done), key=len, reverse=True)
+                   for tgt, j in journals.items()}
+        self.progress.total = (self.progress.total or 0) + sum(map(len, pending.values()))
+        self.progress.refresh()
+        if getattr(self.translator, "mixes_languages", False):
+            jobs = sorted(((t, tgt) for tgt, ts in pending.items() for t in ts), key=lambda j: len(j[0]), reverse=True)
+            for i in range(0, len(jobs), self.chunk_size):
+                chunk = jobs[i : i + self.chunk_size]
+                outputs = self.translator.translate_mixed([t for t, _ in chunk], src, [tgt for _, tgt in chunk])
+                for tgt in dict.fromkeys(tgt for _, tgt in chunk):
+                    picked = [(t, o) for (t, g), o in zip(chunk, outputs) if g == tgt]
+                    journals[tgt].add([t for t, _ in picked], [o for _, o in picked])
+                self.progress.update(len(chunk))
+        else:
+            for tgt, todo in pending.items():
+                for i in range(0, len(todo), self.chunk_size):
+                    chunk = todo[i : i + self.chunk_size]
+                    journals[tgt].add(chunk, self.translator.translate(chunk, src, tgt))
+                    self.progress.update(len(chunk))
+        return sum(map(len, pending.values()))
+
+    def _back_translator(self, work: Path, tgt: str) -> Callable[[list[str]], list[str | None]] | None:
+        if self.filters.back_translation_chrf <= 0:
+            return None
+
+        def back(outputs: list[str]) -> list[str | None]:
+            journal = Journal(work / f"{tgt}.back.jsonl")
+            todo = sorted(set(outputs) - set(journal.done), key=len, reverse=True)
+            for i in range(0, len(todo), self.chunk_size):
+                chunk = todo[i : i + self.chunk_size]
+                journal.add(chunk, self.translator.translate(chunk, tgt, SOURCE))
+            return [journal.done[o] for o in outputs]
+
+        return back
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# --- the whole job -------------------------------------------------------------------------------
+
+
+def job_settings(settings: dict, targets: list[str], filters: FilterConfig) -> dict:
+    """What a resumed job must share with the run that started it, or its shards would mix two."""
+    return {**settings, "languages": [t for t in targets if t != SOURCE], "filters": asdict(filters)}
+
+
+def check_settings(out_dir: Path, settings: dict) -> None:
+    """Refuse to resume a job in out_dir that was started with other `job_settings`."""
+    path = Path(out_dir) / STATE / "settings.json"
+    if path.is_file():
+        before = json.loads(path.read_text(encoding="utf-8"))
+        changed = sorted(k for k in settings.keys() | before.keys() if settings.get(k) != before.get(k))
+        if changed:
+            raise ValueError(f"{out_dir} holds a translation started with other settings ({', '.join(changed)}): "
+                             f"resume with the same ones, or write to a new --out")
+
+
+def translate_dataset(
+    inputs: list[str],
+    out_dir: str | Path,
+    langs: list[str],
+    translator: Translator,
+    filters: FilterConfig | None = None,
+    split: str = "train",
+    chunk_size: int = 2048,
+    rank: int = 0,
+    world_size: int = 1,
+    barrier: Callable[[], None] = lambda: None,
+    settings: dict | None = None,
+    extra: dict | None = None,
+    progress: bool = True,
+) -> dict | None:
+    """Translate `inputs` (see `plan_jobs`) into `langs` and write out_dir; return the manifest on rank 0.
+
+    `settings` (backend, model, ...) are recorded with the job; a resume with other ones is refused.
+    `extra` keys are added to the manifest.
+    `barrier` waits for every rank (torch.distributed.barrier under torchrun).
+    """
+    filters = filters or FilterConfig()
+    out_dir = Path(out_dir)
+    jobs = plan_jobs(inputs, split)
+    targets = [lang for lang in langs if lang != SOURCE]
+    if not targets:
+        raise ValueError("no target languages: name at least one besides English")
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / MANIFEST).unlink(missing_ok=True)
+        full = job_settings(settings or {}, targets, filters)
+        check_settings(out_dir, full)
+        _write_json(out_dir / STATE / "settings.json", full)
+    barrier()
+    done_dir = out_dir / STATE / "done"
+    mine = [job for job in jobs[rank::world_size] if not (done_dir / f"{job.stem}.json").is_file()]
+    if skipped := len(jobs[rank::world_size]) - len(mine):
+        log.info("rank %d: %d shards already done, %d to go", rank, skipped, len(mine))
+    start = time.perf_counter()
+    texts, seconds = 0, 0.0
+    with tqdm(total=0, unit="text", desc="translate", disable=None if progress and rank == 0 else True) as bar:
+        worker = ShardTranslator(out_dir, targets, translator, filters, chunk_size, bar)
+        for job in mine:
+            result = worker.run(job)
+            texts, seconds = texts + result.texts, seconds + result.translate_seconds
+            log.info("rank %d: %s: %d texts in %.1f s", rank, job.name, result.texts, result.translate_seconds)
+    _write_json(out_dir / STATE / f"rank-{rank}.json",
+                {"texts": texts, "seconds": round(seconds, 3), "wall_seconds": round(time.perf_counter() - start, 3)})
+    barrier()
+    if rank != 0:
+        return None
+    shutil.rmtree(out_dir / STATE / "work", ignore_errors=True)  # only finished shards' (empty) folders remain
+    return _finish(out_dir, jobs, world_size, settings or {}, targets, filters, extra or {})
+
+
+def _finish(out_dir: Path, jobs: list[ShardJob], world_size: int, settings: dict, targets: list[str],
+            filters: FilterConfig, extra: dict) -> dict:
+    splits: dict[str, SplitCounter] = {}
+    stats: Counter = Counter()
+    for job in jobs:
+        result = json.loads((out_dir / STATE / "done" / f"{job.stem}.json").read_text(encoding="utf-8"))
+        splits.setdefault(job.split, SplitCounter()).merge(result["counts"])
+        stats.update(result["stats"])
+    ranks = [json.loads((out_dir / STATE / f"rank-{r}.json").read_text()) for r in range(world_size)]
+    # Throughput of this run: every rank translates at once, so rates add up.
+    rate = sum(r["texts"] / r["seconds"] for r in ranks if r["seconds"] > 0)
+    skips = {k: v for k, v in stats.items() if k.startswith("skipped/")}
+    table = summary_table(Counter({k: v for k, v in stats.items() if k not in skips}))
+    return write_manifest(
+        out_dir, splits,
+        languages=[SOURCE, *targets],
+        translation={**settings, "texts_this_run": sum(r["texts"] for r in ranks),
+                     "texts_per_second": round(rate, 2), "world_size": world_size},
+        filters={"config": asdict(filters), "per_language": table},
+        stats=dict(sorted(stats.items())),
+        **extra,
+    )
+
+
+def format_table(rows: list[dict]) -> str:
+    """The per-language filter summary as a Markdown table (kept and dropped items by reason)."""
+    reasons = sorted({k for row in rows for k in row} - {"lang", "total", "kept"})
+    head = ["lang", "total", "kept", "kept %", *reasons]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        kept = row.get("kept", 0)
+        cells = [row["lang"], row["total"], kept, f"{100 * kept / max(row['total'], 1):.1f}",
+                 *(row.get(r, 0) for r in reasons)]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    return "\n".join(lines)
