@@ -6,7 +6,8 @@ Two data sets, built in a temp folder with the code `vlm prep` runs:
   image size and tasks: the loader of `vlm demo`;
 - photo: 256 px JPEGs (img2dataset's default size and format) transformed to 224 px, a GPU recipe's loader.
 Each is read through `TrainStream` + `make_train_loader` (what the trainer uses) with 0, 1 and 2 workers.
-Run from the repository root:
+In the same run, benchmarks/train_step.py times the demo config's training step (forward, backward, AdamW
+on a fixed batch): the samples/s training consumes. Run from the repository root:
 
     python benchmarks/loader_throughput.py [--batches 30] [--out benchmarks/loader_throughput.json]
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,9 +35,11 @@ from vlm.parts import train_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "configs" / "demo.yaml"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from train_step import make_parts, time_variant  # noqa: E402 - the sibling benchmark's demo-sized parts
 
 
-def photo_shards(folder: Path, n: int) -> Path:
+def photo_shards(folder: Path, n: int) -> list[str]:
     """n 256x256 JPEGs (smooth noise, ~25 KB each at quality 95) with an English caption and a QA item."""
     rng = np.random.default_rng(0)
 
@@ -49,8 +53,7 @@ def photo_shards(folder: Path, n: int) -> Path:
                       "qa": [{"lang": "en", "question": "what is on the table?", "answers": [f"object {i}"]}]}
             yield {"__key__": f"{i:09d}", "jpg": buffer.getvalue(), "json": record}
 
-    write_shards(samples(), folder, "train", maxcount=max(n // 8, 1))
-    return folder
+    return [str(path) for path in write_shards(samples(), folder, "train", maxcount=max(n // 8, 1))]
 
 
 def measure(urls: list[str], overrides: list[str], transform, collator: Collator, workers: int, batches: int) -> dict:
@@ -80,10 +83,12 @@ def main() -> None:
         prepare_synthetic(Path(tmp) / "demo", 2000, 10, demo_cfg.data.languages, image_size=demo_cfg.data.image_size,
                           shard_size=250)
         sets = {
-            "demo (64 px PNG, 8 languages)": (resolve_shards([str(Path(tmp) / "demo")], "train"), [],
+            "demo (64 px PNG, 8 languages)": (resolve_shards([str(Path(tmp) / "demo")], "train"),
+                                              [f"data.train=[{Path(tmp) / 'demo'}]"],
                                               open_clip.image_transform(demo_cfg.data.image_size, is_train=False)),
-            "photo (256 px JPEG -> 224 px)": (resolve_shards([str(photo_shards(Path(tmp) / "photo", 2000))], "train"),
-                                              ["data.languages=[en]", "data.image_size=224"],
+            "photo (256 px JPEG -> 224 px)": (photo_shards(Path(tmp) / "photo", 2000),
+                                              [f"data.train=[{Path(tmp) / 'photo' / 'train-*.tar'}]", "data.languages=[en]",
+                                               "data.image_size=224"],
                                               open_clip.image_transform(224, is_train=False)),
         }
         for name, (urls, overrides, transform) in sets.items():
@@ -91,12 +96,15 @@ def main() -> None:
                 row = {"data": name, **measure(urls, overrides, transform, collator, workers, args.batches)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
+        training = time_variant(make_parts(Path(tmp)), [], steps=15, bf16=False)["samples_per_s"]
     info = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
-    Path(args.out).write_text(json.dumps({"machine": info, "rows": rows}, indent=2) + "\n")
-    print("\n| data | workers | loader samples/s |")
-    print("|---|---|---|")
+    Path(args.out).write_text(json.dumps({"machine": info, "demo_training_samples_per_s": training, "rows": rows},
+                                         indent=2) + "\n")
+    print(f"\ndemo training step consumes {training} samples/s")
+    print("| data | workers | loader samples/s | x demo training |")
+    print("|---|---|---|---|")
     for row in rows:
-        print(f"| {row['data']} | {row['workers']} | {row['samples_per_s']} |")
+        print(f"| {row['data']} | {row['workers']} | {row['samples_per_s']} | {row['samples_per_s'] / training:.1f} |")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ translation job, which owns the translator.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from data_prep.language_id import in_language
 from data_prep.languages import NO_SPACE_LANGUAGES, get_language, matches_language_script, script_of
@@ -26,7 +27,7 @@ TYPICAL_LENGTH_RATIO = {
 }
 
 
-@dataclass
+@dataclass(frozen=True)  # hashable: check_translation memoises on it
 class FilterConfig:
     """Thresholds of the translation filters (config section `prep.filters`); each check can be switched off."""
 
@@ -116,6 +117,7 @@ def language_id(out: str, tgt: str) -> str | None:
     return None if in_language(out, tgt) else "language_id"
 
 
+@lru_cache(maxsize=1 << 18)  # short answers and questions recur in every shard; a verdict never changes
 def check_translation(src: str, out: str | None, tgt: str, cfg: FilterConfig | None = None) -> str | None:
     """The first failing filter's reason, or None when the translation is kept. None as `out` means the
     translator could not translate the text ("untranslatable")."""

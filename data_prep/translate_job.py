@@ -36,6 +36,7 @@ from data_prep.translate import Translator
 log = logging.getLogger(__name__)
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 STATE = ".translate"
+CACHE_SIZE = 1 << 20  # translations remembered across shards, per target language
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,14 @@ class ShardTranslator:
                  chunk_size: int, progress: tqdm) -> None:
         self.out_dir, self.targets, self.translator = out_dir, targets, translator
         self.filters, self.chunk_size, self.progress = filters, chunk_size, progress
+        # Texts that recur across shards (VQA answers, frequent questions) are translated once per run.
+        self.cache: dict[str, dict[str, str | None]] = {tgt: {} for tgt in targets}
+
+    def _remember(self, tgt: str, texts: list[str], outputs: list[str | None]) -> None:
+        cache = self.cache[tgt]
+        if len(cache) + len(texts) > CACHE_SIZE:
+            cache.clear()  # bounded memory; a cleared cache only costs repeated translations
+        cache.update(zip(texts, outputs))
 
     def run(self, job: ShardJob) -> ShardResult:
         work = self.out_dir / STATE / "work" / job.stem
@@ -200,9 +209,15 @@ class ShardTranslator:
         return result
 
     def _translate(self, texts: list[str], journals: dict[str, Journal], src: str) -> int:
-        """Translate what the journals lack, chunk by chunk, longest first (least padding per batch)."""
-        pending = {tgt: sorted((t for t in texts if t not in j.done), key=len, reverse=True)
-                   for tgt, j in journals.items()}
+        """Translate what the journals and the cache lack, chunk by chunk, longest first (least padding)."""
+        pending = {}
+        for tgt, journal in journals.items():
+            self._remember(tgt, list(journal.done), list(journal.done.values()))
+            missing = [t for t in texts if t not in journal.done]
+            known = [t for t in missing if t in self.cache[tgt]]
+            if known:
+                journal.add(known, [self.cache[tgt][t] for t in known])
+            pending[tgt] = sorted((t for t in missing if t not in journal.done), key=len, reverse=True)
         self.progress.total = (self.progress.total or 0) + sum(map(len, pending.values()))
         self.progress.refresh()
         if getattr(self.translator, "mixes_languages", False):
@@ -213,12 +228,15 @@ class ShardTranslator:
                 for tgt in dict.fromkeys(tgt for _, tgt in chunk):
                     picked = [(t, o) for (t, g), o in zip(chunk, outputs) if g == tgt]
                     journals[tgt].add([t for t, _ in picked], [o for _, o in picked])
+                    self._remember(tgt, [t for t, _ in picked], [o for _, o in picked])
                 self.progress.update(len(chunk))
         else:
             for tgt, todo in pending.items():
                 for i in range(0, len(todo), self.chunk_size):
                     chunk = todo[i : i + self.chunk_size]
-                    journals[tgt].add(chunk, self.translator.translate(chunk, src, tgt))
+                    outputs = self.translator.translate(chunk, src, tgt)
+                    journals[tgt].add(chunk, outputs)
+                    self._remember(tgt, chunk, outputs)
                     self.progress.update(len(chunk))
         return sum(map(len, pending.values()))
 

@@ -105,7 +105,8 @@ SCRIPT_SAMPLES = {
     "Latin": "Tiếng Việt", "Cyrillic": "українська", "Greek": "Ελληνικά", "Arabic": "اردو", "Hebrew": "עברית",
     "Devanagari": "मराठी", "Bengali": "বাংলা", "Tamil": "தமிழ்", "Telugu": "తెలుగు", "Kannada": "ಕನ್ನಡ",
     "Malayalam": "മലയാളം", "Sinhala": "සිංහල", "Thai": "ภาษาไทย", "Ethiopic": "አማርኛ", "Georgian": "ქართული",
-    "Han": "中文", "Japanese": "日本語です", "Hangul": "한국어",
+    "Han": "中文", "Japanese": "日本語です", "Hangul": "한국어", "Armenian": "Հայերեն", "Gujarati": "ગુજરાતી",
+    "Khmer": "ភាសាខ្មែរ", "Lao": "ພາສາລາວ", "Myanmar": "မြန်မာဘာသာ", "Oriya": "ଓଡ଼ିଆ", "Gurmukhi": "ਪੰਜਾਬੀ",
 }
 
 

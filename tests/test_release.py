@@ -74,3 +74,26 @@ def test_cli_caption_ask_and_eval_with_a_release(tiny_parts, tmp_path, capsys):
     assert {"retrieval", "captioning", "vqa"} <= set(en)
     assert en["retrieval"]["chance_t2i_r1"] == pytest.approx(100 / 8)
     assert Path(tmp_path / "eval" / "report.md").is_file()
+
+
+def test_a_users_templates_travel_with_the_release(tiny_parts, tmp_path, capsys, monkeypatch):
+    """Trained with its own templates file, a model's release carries it, and `vlm caption`/`vlm ask` prompt
+    with it wherever the release is moved."""
+    templates = tmp_path / "mine.yaml"
+    templates.write_text('zh:\n  caption: ["用中文写一句图片说明："]\n  vqa: ["问：{question} 答："]\n')
+    run = tmp_path / "run"
+    train(tiny_parts.config(run, "train.max_steps=1", f"data.templates={templates}"))
+    assert main(["export", str(run), "--out", str(tmp_path / "release")]) == 0
+    templates.unlink()
+    (tmp_path / "release").rename(tmp_path / "moved")
+    assert json.loads((tmp_path / "moved" / "config.json").read_text())["data"]["templates"] == "templates.yaml"
+    prompts = []
+    monkeypatch.setattr(VisionLLM, "generate", lambda self, images, p, **kw: prompts.extend(p) or ["x"])
+    image = tmp_path / "scene.png"
+    render(generate_scenes(1, seed=5)[0], image_size=32, seed=5).save(image)
+    assert main(["caption", str(tmp_path / "moved"), str(image), "--lang", "zh"]) == 0
+    assert main(["ask", str(tmp_path / "moved"), str(image), "几个形状？", "--lang", "zh"]) == 0
+    assert main(["caption", str(tmp_path / "moved"), str(image), "--lang", "de"]) == 0  # not in the file
+    assert prompts == ["用中文写一句图片说明：", "问：几个形状？ 答：", caption_prompt("de")]
+    assert main(["caption", str(tmp_path / "moved"), str(image), "--lang", "xx"]) == 2
+    assert "--lang: unknown language code 'xx'" in capsys.readouterr().err

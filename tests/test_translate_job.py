@@ -63,12 +63,13 @@ def _read(folder: Path) -> dict[str, dict]:
     return {s["__key__"]: s for s in wds.WebDataset(_shards(folder), shardshuffle=False)}
 
 
-def _distinct_texts(folder: Path) -> int:
-    """Distinct English texts per shard, summed: what the job sends to the translator per target language."""
+def _distinct_texts(urls: list[str]) -> int:
+    """Distinct English texts of these shards: what one run sends to the translator per target language
+    (a text recurring in several shards is translated once)."""
     from data_prep.records import source_texts
     from data_prep.translate_job import _samples
 
-    return sum(len({t for _, r in _samples(url, Counter()) for t in source_texts(r)}) for url in _shards(folder))
+    return len({t for url in urls for _, r in _samples(url, Counter()) for t in source_texts(r)})
 
 
 class Counting(PhraseTableTranslator):
@@ -86,7 +87,7 @@ def test_translate_dataset_adds_languages_and_reports_filters(english, tmp_path)
     manifest = translate_dataset(_shards(english), tmp_path, ["en", "de", "zh"], translator, progress=False,
                                  settings={"backend": "phrase-table"})
     assert manifest["train"] == [f"train-00000{i}.tar" for i in range(N_SHARDS)]
-    assert translator.texts == {"de": _distinct_texts(english), "zh": _distinct_texts(english)}
+    assert translator.texts == {"de": _distinct_texts(_shards(english)), "zh": _distinct_texts(_shards(english))}
     before, after = _read(english), _read(tmp_path)
     assert set(after) == set(before) - {"noimage", "badjson", "french"}
     for key, sample in after.items():
@@ -112,7 +113,7 @@ def test_translate_dataset_adds_languages_and_reports_filters(english, tmp_path)
                 for line in p.read_text().splitlines()]
     assert sorted((r["key"], r["lang"], r["reason"]) for r in rejected) == [("dog", "de", "untranslatable"),
                                                                            ("dog", "zh", "untranslatable")]
-    assert manifest["translation"]["texts_this_run"] == 2 * _distinct_texts(english)
+    assert manifest["translation"]["texts_this_run"] == 2 * _distinct_texts(_shards(english))
     assert manifest["translation"]["texts_per_second"] > 0
     assert json.loads((tmp_path / "manifest.json").read_text()) == manifest
 
@@ -161,8 +162,7 @@ def test_a_killed_translation_resumes_without_redoing_or_duplicating_work(englis
     manifest = translate_dataset(_shards(english), out, ["de", "zh"], resumed, chunk_size=8, progress=False,
                                  settings={"backend": "phrase-table"})
     # Nothing translated twice: the resumed run sends exactly what neither the finished shard nor the journals had.
-    finished = 2 * _distinct_texts_of(_shards(english)[0])
-    assert sum(resumed.texts.values()) == 2 * _distinct_texts(english) - finished - journaled
+    assert sum(resumed.texts.values()) == 2 * _distinct_texts(_shards(english)[1:]) - journaled
     assert manifest["translation"]["texts_this_run"] == sum(resumed.texts.values())
     expected = json.loads((reference / "manifest.json").read_text())
     assert manifest["counts"] == expected["counts"] and manifest["stats"] == expected["stats"]
@@ -182,17 +182,11 @@ def test_ranks_split_the_shards_and_rank0_merges(english, tmp_path):
                                  progress=False)
     done = {p.stem for p in (tmp_path / STATE / "done").glob("*.json")}
     assert done == {f"train-00000{i}" for i in range(N_SHARDS)}
-    per_shard = [_distinct_texts_of(url) for url in _shards(english)]
-    assert translators[0].texts["de"] == per_shard[0] + per_shard[2] and translators[1].texts["de"] == per_shard[1]
+    urls = _shards(english)
+    assert translators[0].texts["de"] == _distinct_texts([urls[0], urls[2]])
+    assert translators[1].texts["de"] == _distinct_texts([urls[1]])
     assert manifest["translation"]["world_size"] == 2
     assert manifest["counts"]["train"]["samples"] == len(_read(tmp_path))
-
-
-def _distinct_texts_of(url: str) -> int:
-    from data_prep.records import source_texts
-    from data_prep.translate_job import _samples
-
-    return len({t for _, r in _samples(url, Counter()) for t in source_texts(r)})
 
 
 def test_a_mixing_backend_gets_batches_of_several_languages(english, tmp_path):
@@ -286,7 +280,8 @@ def test_torchrun_translation_matches_one_process(english, tmp_path):
     assert split["translation"]["world_size"] == 2 and single["translation"]["world_size"] == 1
     assert split["counts"] == single["counts"] and split["stats"] == single["stats"]
     ranks = [json.loads((tmp_path / "split" / STATE / f"rank-{r}.json").read_text())["texts"] for r in (0, 1)]
-    assert all(ranks) and sum(ranks) == single["translation"]["texts_this_run"]
+    # Each rank translates the distinct texts of its own shards (texts shared by both are translated twice).
+    assert ranks == [2 * _distinct_texts(_shards(english)[0::2]), 2 * _distinct_texts(_shards(english)[1::2])]
     one, two = _read(tmp_path / "single"), _read(tmp_path / "split")
     assert all(one[k]["json"] == two[k]["json"] for k in one) and one.keys() == two.keys()
 
@@ -310,7 +305,7 @@ def test_cli_with_tiny_nllb_m2m100_and_ctranslate2_models(english, tmp_path, cap
         manifests[name] = json.loads((tmp_path / name / "manifest.json").read_text())
         rows = {row["lang"]: row for row in manifests[name]["filters"]["per_language"]}
         assert set(rows) == {"de", "zh"} and manifests[name]["translation"]["backend"] == name
-        assert manifests[name]["translation"]["texts_this_run"] == 2 * _distinct_texts_of(shard[0])
+        assert manifests[name]["translation"]["texts_this_run"] == 2 * _distinct_texts(shard)
         dropped = sum(n for row in rows.values() for reason, n in row.items()
                       if reason not in ("lang", "total", "kept"))
         assert dropped > 0.5 * sum(row["total"] for row in rows.values())  # random weights: mostly rejected

@@ -288,33 +288,31 @@ def cmd_export(args) -> int:
     return 0
 
 
-def _generate_one(args, prompt: str) -> int:
+def _generate_one(args) -> int:
+    """`vlm caption` / `vlm ask`: the prompt comes from the templates the model was trained with."""
     from PIL import Image
 
+    from data_prep.languages import get_language
+    from vlm.data.templates import caption_prompt, templates_for, vqa_prompt
     from vlm.model.vlm import VisionLLM
 
     if not Path(args.image).is_file():
         raise FileNotFoundError(f"image not found: {args.image}")
+    try:
+        get_language(args.lang)
+    except ValueError as err:
+        raise ConfigError(f"--lang: {err}") from None
     model = VisionLLM.from_pretrained(args.model)
+    templates = templates_for(model.cfg.data)
+    prompt = (vqa_prompt(args.question, args.lang, templates=templates) if args.command == "ask"
+              else caption_prompt(args.lang, templates=templates))
     image = model.vision.preprocess(Image.open(args.image).convert("RGB")).unsqueeze(0)
     print(model.generate(image, [prompt], max_new_tokens=args.max_new_tokens)[0])
     return 0
 
 
-def cmd_caption(args) -> int:
-    from vlm.data.templates import caption_prompt
-
-    return _generate_one(args, caption_prompt(args.lang))
-
-
-def cmd_ask(args) -> int:
-    from vlm.data.templates import vqa_prompt
-
-    return _generate_one(args, vqa_prompt(args.question, args.lang))
-
-
 COMMANDS = {"demo": cmd_demo, "prep": cmd_prep, "train": cmd_train, "eval": cmd_eval, "export": cmd_export,
-            "caption": cmd_caption, "ask": cmd_ask}
+            "caption": _generate_one, "ask": _generate_one}
 
 if __name__ == "__main__":
     sys.exit(main())

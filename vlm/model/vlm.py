@@ -343,6 +343,8 @@ class VisionLLM(nn.Module):
                if not k.startswith(("vision.", "llm."))}
         save_file(own, str(tmp / RELEASE_WEIGHTS))
         (tmp / "config.json").write_text(json.dumps(release_config(self.cfg), indent=2, ensure_ascii=False) + "\n")
+        if self.cfg.data.templates:  # a user's prompt templates travel with the model they trained
+            shutil.copyfile(self.cfg.data.templates, tmp / RELEASE_TEMPLATES)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
         if folder.exists():
@@ -363,6 +365,8 @@ class VisionLLM(nn.Module):
         raw["llm"]["tokenizer"] = str(folder / RELEASE_TOKENIZER)
         if raw["bridge"].get("tokenizer"):
             raw["bridge"]["tokenizer"] = str(folder / RELEASE_BRIDGE_TOKENIZER)
+        if raw.get("data", {}).get("templates"):
+            raw["data"]["templates"] = str(folder / RELEASE_TEMPLATES)
         model = cls(config_from_dict(raw))
         own = load_file(str(folder / RELEASE_WEIGHTS))
         missing, unexpected = model.load_state_dict(own, strict=False)
@@ -378,6 +382,7 @@ RELEASE_LLM = "llm"
 RELEASE_TOKENIZER = "tokenizer"
 RELEASE_BRIDGE_TOKENIZER = "bridge_tokenizer"
 RELEASE_WEIGHTS = "model.safetensors"
+RELEASE_TEMPLATES = "templates.yaml"
 
 
 def _trim_bridge_text(ids: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -405,5 +410,6 @@ def release_config(cfg: Config) -> dict:
         # The bridge weights are in model.safetensors: nothing is initialised from elsewhere again.
         bridge=dataclasses.replace(cfg.bridge, init_from="",
                                    tokenizer=RELEASE_BRIDGE_TOKENIZER if cfg.bridge.text_branch else ""),
+        data=dataclasses.replace(cfg.data, templates=RELEASE_TEMPLATES if cfg.data.templates else ""),
     )
     return cfg.to_dict()
