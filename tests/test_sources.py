@@ -335,3 +335,15 @@ def test_bad_inputs_fail_before_writing(tmp_path: Path) -> None:
         message = str(raised.value)
         assert named in message and "\n" not in message, (fmt, message)
         assert not out.exists(), (fmt, message)
+
+
+def test_cli_prep_shards_as_the_readme_writes_it(karpathy_file: Path, tmp_path: Path, capsys) -> None:
+    from vlm.cli import main
+
+    out = tmp_path / "coco-en"
+    assert main(["prep", "shards", "--format", "coco", str(karpathy_file), "--karpathy-split", "train",
+                 "--images", str(karpathy_file.parent), "--out", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["counts"]["train"]["samples"] == 2  # train + restval
+    assert main(["prep", "shards", "--format", "llava", str(karpathy_file), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vlm prep: error: ") and str(karpathy_file) in err and err.count("\n") == 1
