@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from data_prep.filters import FilterConfig
 from data_prep.languages import validate_languages
-from data_prep.manifest import MANIFEST, write_manifest
+from data_prep.manifest import MANIFEST, SplitCounter, write_manifest
 from data_prep.synthetic import Scene, english_caption, english_qa, generate_scenes, render
 from data_prep.translate import PhraseTableTranslator, Translator
 from data_prep.translate_job import STATE, translate_dataset
@@ -100,6 +100,13 @@ def _synthetic_samples(
         yield {"__key__": f"{index:07d}", "png": _png(image), "json": record}
 
 
+def _counted(samples: Iterable[dict], counter: SplitCounter, prefix: str, shard_size: int) -> Iterator[dict]:
+    """Count samples per shard and language as they pass to write_shards (whose shards hold shard_size each)."""
+    for index, sample in enumerate(samples):
+        counter.add(f"{prefix}-{index // shard_size:06d}.tar", sample["json"])
+        yield sample
+
+
 @contextmanager
 def _gc_paused() -> Iterator[None]:
     """Pause the cyclic garbage collector: records are millions of small acyclic containers that it
@@ -142,21 +149,26 @@ def prepare_synthetic(
     (out_dir / MANIFEST).unlink(missing_ok=True)
     for stale in (STATE, "rejected", ".english"):
         shutil.rmtree(out_dir / stale, ignore_errors=True)
-    english_dir = out_dir / ".english"
-    splits = {}
+    english_only = languages == ["en"]
+    english_dir = out_dir if english_only else out_dir / ".english"
+    splits: dict[str, SplitCounter] = {}
     with _gc_paused():
         for split, n in (("train", n_train), ("val", n_val)):
             split_seed = (seed, _SPLIT_IDS[split])
             scenes = generate_scenes(n, seed=split_seed)
             samples = _synthetic_samples(scenes, [_english_record(s) for s in scenes], image_size, split_seed)
-            shards = write_shards(tqdm(samples, total=n, desc=split, disable=None), english_dir, split, shard_size)
-            splits[split] = {"shards": {path.name: 0 for path in shards}, "languages": {}}
-            for stale in out_dir.glob(f"{split}-[0-9]*.tar"):
-                stale.unlink()
+            splits[split] = SplitCounter()
+            samples = _counted(samples, splits[split], split, shard_size)
+            write_shards(tqdm(samples, total=n, desc=split, disable=None), english_dir, split, shard_size)
+            if not english_only:
+                for stale in out_dir.glob(f"{split}-[0-9]*.tar"):
+                    stale.unlink()
+        extra = {"n_train": n_train, "n_val": n_val}
+        if english_only:
+            return write_manifest(out_dir, splits, languages=languages, **extra)
         write_manifest(english_dir, splits)
         manifest = translate_dataset([str(english_dir)], out_dir, languages, translator, filters,
-                                     settings={"backend": translator.name},
-                                     extra={"n_train": n_train, "n_val": n_val}, progress=False)
+                                     settings={"backend": translator.name}, extra=extra, progress=False)
     shutil.rmtree(english_dir)
     log.info("synthetic data: %d train + %d val scenes in %.1f s", n_train, n_val, time.perf_counter() - start)
     return manifest

@@ -393,6 +393,14 @@ def test_prepare_synthetic_round_trip(tmp_path):
     assert [s["png"].tobytes() for s in train_b] == [s["png"].tobytes() for s in train]
 
 
+def test_prepare_synthetic_in_english_only(tmp_path):
+    manifest = prepare_synthetic(tmp_path, n_train=25, n_val=5, langs=["en"], shard_size=10)
+    assert manifest["train"] == ["train-000000.tar", "train-000001.tar", "train-000002.tar"]
+    assert manifest["counts"]["train"]["shards"]["train-000002.tar"] == 5
+    assert manifest["counts"]["val"]["languages"] == {"en": 5}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*manifest["train"], *manifest["val"], "manifest.json"])
+
+
 def test_write_shards_replaces_an_older_set(tmp_path):
     samples = [{"__key__": f"{i:03d}", "txt": f"sample {i}", "json": {"i": i, "s": "ශ්‍රී"}} for i in range(7)]
     first = write_shards(samples, tmp_path, "x", maxcount=3)

@@ -250,7 +250,8 @@ def test_cli_translates_and_fails_early_on_bad_input(english, tmp_path, capsys):
     assert main([*args, "--langs", "de,xx"]) == 2
     assert "unknown language code 'xx'" in capsys.readouterr().err
     assert main([*args]) == 2
-    assert "no target languages: pass --langs" in capsys.readouterr().err
+    assert "no target languages besides English: pass --langs" in capsys.readouterr().err
+    assert main([*args, "--langs", "en"]) == 2
     assert main(["prep", "translate", str(tmp_path / "missing.tar"), "--out", str(out), "--langs", "de",
                  "--backend", "phrase-table"]) == 2
     assert "input shard not found" in capsys.readouterr().err

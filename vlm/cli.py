@@ -177,8 +177,8 @@ def _prep_translate(args) -> int:
              "batch_size": args.batch_size}
     overrides += [f"prep.translate.{key}={value}" for key, value in flags.items() if value is not None]
     cfg = load_config(args.config, overrides).prep
-    if not cfg.translate.languages:
-        raise ConfigError("no target languages: pass --langs or set prep.translate.languages")
+    if not [lang for lang in cfg.translate.languages if lang != "en"]:
+        raise ConfigError("no target languages besides English: pass --langs or set prep.translate.languages")
     settings = {key: getattr(cfg.translate, key) for key in ("backend", "model", "family", "num_beams",
                                                              "max_input_tokens")}
     try:  # bad inputs and a resume with other settings fail here, before a model loads
