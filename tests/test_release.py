@@ -88,7 +88,7 @@ def test_a_users_templates_travel_with_the_release(tiny_parts, tmp_path, capsys,
     (tmp_path / "release").rename(tmp_path / "moved")
     assert json.loads((tmp_path / "moved" / "config.json").read_text())["data"]["templates"] == "templates.yaml"
     prompts = []
-    monkeypatch.setattr(VisionLLM, "generate", lambda self, images, p, **kw: prompts.extend(p) or ["x"])
+    monkeypatch.setattr(VisionLLM, "generate_from_tokens", lambda self, tokens, p, **kw: prompts.extend(p) or ["x"] * len(p))
     image = tmp_path / "scene.png"
     render(generate_scenes(1, seed=5)[0], image_size=32, seed=5).save(image)
     assert main(["caption", str(tmp_path / "moved"), str(image), "--lang", "zh"]) == 0
@@ -97,3 +97,44 @@ def test_a_users_templates_travel_with_the_release(tiny_parts, tmp_path, capsys,
     assert prompts == ["用中文写一句图片说明：", "问：几个形状？ 答：", caption_prompt("de")]
     assert main(["caption", str(tmp_path / "moved"), str(image), "--lang", "xx"]) == 2
     assert "--lang: unknown language code 'xx'" in capsys.readouterr().err
+
+
+def test_batched_cli_python_lang_api_and_broken_inputs(tiny_parts, tmp_path, capsys):
+    """`vlm caption`/`vlm ask` take several images in one batch; `generate(..., lang=)` builds the prompts;
+    an unreadable image or a truncated weights file fails in one line naming it, before any model work."""
+    run = tmp_path / "run"
+    train(tiny_parts.config(run, "train.max_steps=1"))
+    release = tmp_path / "release"
+    assert main(["export", str(run), "--out", str(release)]) == 0
+    paths = []
+    for seed in (5, 6):
+        paths.append(tmp_path / f"scene{seed}.png")
+        render(generate_scenes(1, seed=seed)[0], image_size=32, seed=seed).save(paths[-1])
+    capsys.readouterr()
+    assert main(["caption", str(release), *map(str, paths), "--lang", "hi", "--max-new-tokens", "4"]) == 0
+    lines = capsys.readouterr().out.strip().split("\n")
+    model = VisionLLM.from_pretrained(release)
+    from PIL import Image
+
+    pixels = torch.stack([model.vision.preprocess(Image.open(p).convert("RGB")) for p in paths])
+    captions = model.generate(pixels, lang="hi", max_new_tokens=4)
+    assert captions == model.generate(pixels, [caption_prompt("hi")] * 2, max_new_tokens=4)
+    assert lines == [f"{p}\t{c}" for p, c in zip(paths, captions)]
+    assert main(["ask", str(release), *map(str, paths), "how many shapes are there?", "--lang", "de",
+                 "--max-new-tokens", "3"]) == 0
+    answers = model.generate(pixels, ["how many shapes are there?"] * 2, lang="de", max_new_tokens=3)
+    assert capsys.readouterr().out.strip().split("\n") == [f"{p}\t{a}" for p, a in zip(paths, answers)]
+    assert answers == model.generate(pixels, [vqa_prompt("how many shapes are there?", "de")] * 2, max_new_tokens=3)
+    with pytest.raises(ValueError, match="unknown language code 'xx'"):
+        model.generate(pixels, lang="xx")
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    assert main(["caption", str(release), str(paths[0]), str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert f"{broken}: not a readable image" in err and err.count("\n") == 1
+    weights = release / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # an interrupted download
+    assert main(["caption", str(release), str(paths[0])]) == 2
+    err = capsys.readouterr().err
+    assert f"{weights}: not a readable safetensors file" in err and err.count("\n") == 1

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from data_prep.build_shards import FORMATS as SHARD_FORMATS
 from data_prep.translate import BACKENDS
-from vlm.config import SUITES, ConfigError, check_paths, load_config
+from vlm.config import SUITES, ConfigError, InputError, check_paths, load_config
 
 DEFAULT_DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 
@@ -86,13 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True)
     ex.add_argument("--results", help="results.json whose scores go into the model card")
 
-    for name, text in (("caption", "caption an image"), ("ask", "answer a question about an image")):
+    for name, text in (("caption", "caption images"), ("ask", "answer a question about images")):
         p = sub.add_parser(name, help=text)
         p.add_argument("model", help="a release folder")
-        p.add_argument("image")
+        p.add_argument("images", nargs="+", help="image files, captioned/asked in one batch")
         if name == "ask":
             p.add_argument("question")
-        p.add_argument("--lang", default="en")
+        p.add_argument("--lang", default="en", help="the language to answer in (default: en)")
         p.add_argument("--max-new-tokens", type=int, default=32)
     return parser
 
@@ -288,31 +288,39 @@ def cmd_export(args) -> int:
     return 0
 
 
-def _generate_one(args) -> int:
-    """`vlm caption` / `vlm ask`: the prompt comes from the templates the model was trained with."""
-    from PIL import Image
+def _generate(args) -> int:
+    """`vlm caption` / `vlm ask`: one batch, prompts from the templates the model was trained with; one line
+    per image ("path<TAB>output" when there are several)."""
+    import torch
+    from PIL import Image, UnidentifiedImageError
 
     from data_prep.languages import get_language
-    from vlm.data.templates import caption_prompt, templates_for, vqa_prompt
     from vlm.model.vlm import VisionLLM
 
-    if not Path(args.image).is_file():
-        raise FileNotFoundError(f"image not found: {args.image}")
     try:
         get_language(args.lang)
     except ValueError as err:
         raise ConfigError(f"--lang: {err}") from None
+    pictures = []
+    for path in args.images:  # every image is read before the model loads
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"image not found: {path}")
+        try:
+            with Image.open(path) as image:
+                pictures.append(image.convert("RGB"))
+        except (UnidentifiedImageError, OSError) as err:
+            raise InputError(f"{path}: not a readable image ({err})") from None
     model = VisionLLM.from_pretrained(args.model)
-    templates = templates_for(model.cfg.data)
-    prompt = (vqa_prompt(args.question, args.lang, templates=templates) if args.command == "ask"
-              else caption_prompt(args.lang, templates=templates))
-    image = model.vision.preprocess(Image.open(args.image).convert("RGB")).unsqueeze(0)
-    print(model.generate(image, [prompt], max_new_tokens=args.max_new_tokens)[0])
+    batch = torch.stack([model.vision.preprocess(p) for p in pictures])
+    questions = [args.question] * len(pictures) if args.command == "ask" else None
+    outputs = model.generate(batch, questions, lang=args.lang, max_new_tokens=args.max_new_tokens)
+    for path, text in zip(args.images, outputs):
+        print(text if len(args.images) == 1 else f"{path}\t{text}")
     return 0
 
 
 COMMANDS = {"demo": cmd_demo, "prep": cmd_prep, "train": cmd_train, "eval": cmd_eval, "export": cmd_export,
-            "caption": _generate_one, "ask": _generate_one}
+            "caption": _generate, "ask": _generate}
 
 if __name__ == "__main__":
     sys.exit(main())

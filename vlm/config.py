@@ -25,6 +25,10 @@ class ConfigError(ValueError):
     """A config problem; the message is one line naming the key or path."""
 
 
+class InputError(ConfigError):
+    """A bad input file (corrupt weights, an unreadable image); the message is one line naming it."""
+
+
 @dataclass
 class VisionConfig:
     # An open_clip model name (built-in, or one registered from `model_config_dir`), or "local-dir:PATH".

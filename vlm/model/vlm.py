@@ -17,11 +17,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoTokenizer
 
-from vlm.config import Config, config_from_dict
+from data_prep.languages import get_language
+from vlm.config import Config, InputError, config_from_dict
 from vlm.data.collate import Collator, bridge_text_ids
 from vlm.losses import ContrastiveLoss, ItcLoss, itg_loss, mean_token_features, sample_itm_negatives
 from vlm.model import qformer_weights
@@ -290,10 +292,20 @@ class VisionLLM(nn.Module):
         return self.bridge.itm_logits(states)[:, 1].float()
 
     @torch.no_grad()
-    def generate(self, images: torch.Tensor, prompts: list[str], **generate_kwargs) -> list[str]:
-        """Answer one prompt per image (a caption instruction or a question in any language)."""
-        if len(prompts) != images.shape[0]:
-            raise ValueError(f"generate: {images.shape[0]} images but {len(prompts)} prompts")
+    def generate(self, images: torch.Tensor, prompts: list[str] | None = None, lang: str | None = None,
+                 **generate_kwargs) -> list[str]:
+        """One output per image. Without `lang`, `prompts` are used as they are (a caption instruction or a
+        question, one per image). With `lang`, the model's own templates (data.templates) ask for that
+        language: `prompts` are then questions (VQA), and no prompts means captions."""
+        if lang is not None:
+            from vlm.data.templates import caption_prompt, templates_for, vqa_prompt
+
+            get_language(lang)  # an unknown code fails here, in one line
+            templates = templates_for(self.cfg.data)
+            prompts = ([caption_prompt(lang, templates=templates)] * images.shape[0] if prompts is None
+                       else [vqa_prompt(q, lang, templates=templates) for q in prompts])
+        if prompts is None or len(prompts) != images.shape[0]:
+            raise ValueError(f"generate: {images.shape[0]} images but {0 if prompts is None else len(prompts)} prompts")
         return self.generate_from_tokens(self.vision(images), prompts, **generate_kwargs)
 
     @torch.no_grad()
@@ -358,6 +370,7 @@ class VisionLLM(nn.Module):
         config_path = folder / "config.json"
         if not config_path.is_file():
             raise FileNotFoundError(f"{folder} is not a release folder: config.json is missing")
+        check_weight_files(folder)
         raw = json.loads(config_path.read_text())
         raw["vision"]["name"] = f"local-dir:{folder / RELEASE_VISION}"
         raw["vision"]["visual_weights"] = str(folder / RELEASE_VISION / "visual.safetensors")
@@ -383,6 +396,18 @@ RELEASE_TOKENIZER = "tokenizer"
 RELEASE_BRIDGE_TOKENIZER = "bridge_tokenizer"
 RELEASE_WEIGHTS = "model.safetensors"
 RELEASE_TEMPLATES = "templates.yaml"
+
+
+def check_weight_files(folder: Path) -> None:
+    """Read the header of every safetensors file in a release (cheap) before anything loads: a truncated or
+    corrupted download fails here in one line naming the file, not deep inside torch or transformers."""
+    for path in sorted(Path(folder).rglob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except Exception as err:  # noqa: BLE001 - SafetensorError, OSError: all mean an unusable file
+            raise InputError(f"{path}: not a readable safetensors file ({str(err).splitlines()[0]}); "
+                             f"export or download the release again") from None
 
 
 def _trim_bridge_text(ids: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
