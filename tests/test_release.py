@@ -106,6 +106,9 @@ def test_batched_cli_python_lang_api_and_broken_inputs(tiny_parts, tmp_path, cap
     train(tiny_parts.config(run, "train.max_steps=1"))
     release = tmp_path / "release"
     assert main(["export", str(run), "--out", str(release)]) == 0
+    card = (release / "README.md").read_text()
+    assert "- training data: " in card and "tasks caption (0.4), vqa (0.6)" in card
+    assert "- training samples per language: en " in card  # from the shards' manifest
     paths = []
     for seed in (5, 6):
         paths.append(tmp_path / f"scene{seed}.png")
@@ -138,3 +141,8 @@ def test_batched_cli_python_lang_api_and_broken_inputs(tiny_parts, tmp_path, cap
     assert main(["caption", str(release), str(paths[0])]) == 2
     err = capsys.readouterr().err
     assert f"{weights}: not a readable safetensors file" in err and err.count("\n") == 1
+    # A damaged checkpoint: export stops in one line too.
+    checkpoint = next((run / "checkpoints").glob("step-*"))
+    (checkpoint / "trainable.safetensors").write_bytes(b"\x00" * 12)
+    assert main(["export", str(run), "--out", str(tmp_path / "again")]) == 2
+    assert "trainable.safetensors: not a readable safetensors file" in capsys.readouterr().err

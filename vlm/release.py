@@ -44,6 +44,25 @@ def bridge_summary(cfg: Config) -> str:
     return "MLP projector (LLaVA mlp2x_gelu)"
 
 
+def _training_data(cfg: Config) -> list[str]:
+    """The model card's training-data lines: tasks, language sampling, and the samples per language that
+    the shards' manifests count (when the data is on this machine)."""
+    from vlm.data.pipeline import manifest_language_counts
+
+    d = cfg.data
+    tasks = ", ".join(f"{t} ({w:g})" for t, w in zip(d.tasks, d.task_weights))
+    lines = [f"- training data: {', '.join(d.train) or '—'}; tasks {tasks}; language sampling alpha "
+             f"{d.language_alpha:g}; {cfg.train.max_steps} steps of {cfg.train.batch_size} per rank"]
+    try:
+        counts = manifest_language_counts(d.train, "train") if d.train else None
+    except (OSError, ValueError):
+        counts = None
+    if counts:
+        lines.append("- training samples per language: " + ", ".join(f"{lang} {counts.get(lang, 0):,}"
+                                                                      for lang in d.languages))
+    return lines
+
+
 def model_card(cfg: Config, results: dict | None) -> str:
     lines = [
         "# Multilingual vision-LLM",
@@ -54,6 +73,7 @@ def model_card(cfg: Config, results: dict | None) -> str:
         + (f", LoRA r={cfg.llm.lora_r} merged" if cfg.llm.lora_r else "")
         + (", embeddings trained" if cfg.llm.train_embeddings else "") + ")",
         f"- languages: {', '.join(cfg.data.languages)}",
+        *_training_data(cfg),
         "",
         "Load with `VisionLLM.from_pretrained(path)`; caption with `vlm caption PATH IMAGE --lang xx`.",
         "",

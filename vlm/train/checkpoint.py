@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from vlm.config import InputError
 from vlm.data.pipeline import StreamPosition
 
 WEIGHTS = "trainable.safetensors"
@@ -88,9 +89,15 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """(trainable weights, training state) of a checkpoint folder."""
+    """(trainable weights, training state) of a checkpoint folder; a damaged file is one line naming it."""
+    from vlm.model.vlm import check_weight_files  # local: the model module imports the data pipeline too
+
+    check_weight_files(path)
     weights = load_file(str(path / WEIGHTS))
-    state = torch.load(path / STATE, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path / STATE, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError) as err:  # pickle/zip errors of a truncated file
+        raise InputError(f"{path / STATE}: unreadable ({str(err).splitlines()[0]})") from None
     return weights, state
 
 
