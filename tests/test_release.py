@@ -146,3 +146,32 @@ def test_batched_cli_python_lang_api_and_broken_inputs(tiny_parts, tmp_path, cap
     (checkpoint / "trainable.safetensors").write_bytes(b"\x00" * 12)
     assert main(["export", str(run), "--out", str(tmp_path / "again")]) == 2
     assert "trainable.safetensors: not a readable safetensors file" in capsys.readouterr().err
+
+
+def test_delta_release_holds_only_trained_weights_and_loads_the_base_parts(tiny_parts, tmp_path, capsys):
+    run = tmp_path / "run"  # LoRA without trained embeddings: the delta is the bridge, heads and adapter
+    train(tiny_parts.config(run, "train.max_steps=2", "train.lr=3e-3", "llm.train_embeddings=false"))
+    assert main(["export", str(run), "--out", str(tmp_path / "full")]) == 0
+    assert main(["export", str(run), "--out", str(tmp_path / "delta"), "--delta"]) == 0
+    files = {p.name for p in (tmp_path / "delta").iterdir()}
+    assert {"config.json", "model.safetensors", "delta.json", "README.md"} <= files
+    assert not files & {"vision", "llm", "tokenizer"}  # the base parts stay where training found them
+    from safetensors.torch import load_file
+
+    keys = load_file(str(tmp_path / "delta" / "model.safetensors"))
+    base = [k for k in keys if k.startswith(("vision.", "llm."))]
+    assert base and all("lora_" in k for k in base)  # of the base parts only the adapter travels
+    trained, released = load_from_checkpoint(run), VisionLLM.from_pretrained(tmp_path / "delta")
+    assert any("lora" in k for k in released.state_dict())  # the adapter is kept, not merged
+    batch = fixed_batches(resolve_shards(trained.cfg.data.val, "val"), trained.cfg.data, trained.vision.preprocess,
+                          trained.collator(), batch_size=4, max_batches=1, seed=0)[0]
+    with torch.no_grad():
+        torch.manual_seed(0)
+        a = trained(batch)
+        torch.manual_seed(0)
+        b = released(batch)
+    assert all(torch.equal(a[name], b[name]) for name in a)  # the same weights, the same graph
+    prompts = [caption_prompt("zh")] * 4
+    assert trained.generate(batch["images"], prompts, max_new_tokens=5) == \
+        released.generate(batch["images"], prompts, max_new_tokens=5)
+    assert "A delta release" in (tmp_path / "delta" / "README.md").read_text()

@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("checkpoint", help="a run folder (uses its latest checkpoint) or a checkpoint folder")
     ex.add_argument("--out", required=True)
     ex.add_argument("--results", help="results.json whose scores go into the model card")
+    ex.add_argument("--delta", action="store_true", help="only the trained weights (bridge, heads, LoRA adapter) "
+                    "and the base models' ids, instead of a self-contained folder with LoRA merged")
 
     for name, text in (("caption", "caption images"), ("ask", "answer a question about images")):
         p = sub.add_parser(name, help=text)
@@ -283,7 +285,7 @@ def cmd_export(args) -> int:
 
     results = json.loads(Path(args.results).read_text()) if args.results else None
     model = load_from_checkpoint(args.checkpoint)
-    folder = export_release(model, args.out, results)
+    folder = export_release(model, args.out, results, delta=args.delta)
     print(f"release: {folder}")
     return 0
 

@@ -63,7 +63,7 @@ def _training_data(cfg: Config) -> list[str]:
     return lines
 
 
-def model_card(cfg: Config, results: dict | None) -> str:
+def model_card(cfg: Config, results: dict | None, delta: bool = False) -> str:
     lines = [
         "# Multilingual vision-LLM",
         "",
@@ -75,7 +75,9 @@ def model_card(cfg: Config, results: dict | None) -> str:
         f"- languages: {', '.join(cfg.data.languages)}",
         *_training_data(cfg),
         "",
-        "Load with `VisionLLM.from_pretrained(path)`; caption with `vlm caption PATH IMAGE --lang xx`.",
+        "Load with `VisionLLM.from_pretrained(path)`; caption with `vlm caption PATH IMAGE --lang xx`."
+        + (" A delta release: the image encoder and the LM load from the ids above first (LoRA not merged)."
+           if delta else ""),
         "",
     ]
     if results:
@@ -90,8 +92,10 @@ def model_card(cfg: Config, results: dict | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def export_release(model: VisionLLM, out_dir: str | Path, results: dict | None = None) -> Path:
-    extra = {"README.md": model_card(model.cfg, results)}
+def export_release(model: VisionLLM, out_dir: str | Path, results: dict | None = None, delta: bool = False) -> Path:
+    """A release folder (self-contained, LoRA merged), or with `delta` only the trained weights and the base
+    models' ids (VisionLLM.save_pretrained)."""
+    extra = {"README.md": model_card(model.cfg, results, delta)}
     if results:
         extra["results.json"] = json.dumps(results, indent=2, ensure_ascii=False) + "\n"
-    return model.save_pretrained(out_dir, extra_files=extra)
+    return model.save_pretrained(out_dir, extra_files=extra, delta=delta)

@@ -23,7 +23,7 @@ from torch import nn
 from transformers import AutoTokenizer
 
 from data_prep.languages import get_language
-from vlm.config import Config, InputError, config_from_dict
+from vlm.config import Config, InputError, check_paths, config_from_dict
 from vlm.data.collate import Collator, bridge_text_ids
 from vlm.losses import ContrastiveLoss, ItcLoss, itg_loss, mean_token_features, sample_itm_negatives
 from vlm.model import qformer_weights
@@ -335,14 +335,20 @@ class VisionLLM(nn.Module):
 
     # --- release folders -----------------------------------------------------------------------
 
-    def save_pretrained(self, folder: str | Path, extra_files: dict[str, str] | None = None) -> Path:
+    def save_pretrained(self, folder: str | Path, extra_files: dict[str, str] | None = None,
+                        delta: bool = False) -> Path:
         """A self-contained folder: config.json, model.safetensors (bridge and heads), vision/ (open_clip
         layout), llm/ (transformers layout, LoRA merged), tokenizer/, plus `extra_files` (name -> text).
-        Written into a temporary folder and renamed, so a kill never leaves a half-written release."""
+        `delta`: only what training changed (bridge, heads, LoRA adapter, trained embeddings) in
+        model.safetensors, and a config naming the base encoder, LM and tokenizers as training did (hub ids
+        or paths), which `from_pretrained` loads first. Written into a temporary folder and renamed, so a kill
+        never leaves a half-written release."""
         folder = Path(folder)
         tmp = folder.with_name(f".{folder.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
+        if delta:
+            return self._save_delta(tmp, folder, extra_files or {})
         self.vision.save(tmp / RELEASE_VISION)
         llm = self.llm.merged_model()
         llm.save_pretrained(tmp / RELEASE_LLM)
@@ -364,6 +370,24 @@ class VisionLLM(nn.Module):
         os.replace(tmp, folder)
         return folder
 
+    def _save_delta(self, tmp: Path, folder: Path, extra_files: dict[str, str]) -> Path:
+        trainable = set(self.trainable_state_dict())
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()
+                 if not k.startswith(("vision.", "llm.")) or k in trainable}
+        save_file(state, str(tmp / RELEASE_WEIGHTS))
+        raw = self.cfg.to_dict()
+        if self.cfg.data.templates:
+            shutil.copyfile(self.cfg.data.templates, tmp / RELEASE_TEMPLATES)
+            raw["data"]["templates"] = RELEASE_TEMPLATES
+        (tmp / "config.json").write_text(json.dumps(raw, indent=2, ensure_ascii=False) + "\n")
+        (tmp / RELEASE_FORM).write_text(json.dumps({"form": "delta"}) + "\n")
+        for name, text in extra_files.items():
+            (tmp / name).write_text(text)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+        return folder
+
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> "VisionLLM":
         folder = Path(folder)
@@ -372,6 +396,14 @@ class VisionLLM(nn.Module):
             raise FileNotFoundError(f"{folder} is not a release folder: config.json is missing")
         check_weight_files(folder)
         raw = json.loads(config_path.read_text())
+        if (folder / RELEASE_FORM).is_file():  # delta: the base parts load from where training found them
+            if raw.get("data", {}).get("templates"):
+                raw["data"]["templates"] = str(folder / RELEASE_TEMPLATES)
+            cfg = config_from_dict(raw)
+            check_paths(cfg)
+            model = cls(cfg)
+            model._load_own(folder, base=("vision.", "llm."), allowed=set(model.trainable_state_dict()))
+            return model.eval()
         raw["vision"]["name"] = f"local-dir:{folder / RELEASE_VISION}"
         raw["vision"]["visual_weights"] = str(folder / RELEASE_VISION / "visual.safetensors")
         raw["llm"]["name"] = str(folder / RELEASE_LLM)
@@ -381,13 +413,17 @@ class VisionLLM(nn.Module):
         if raw.get("data", {}).get("templates"):
             raw["data"]["templates"] = str(folder / RELEASE_TEMPLATES)
         model = cls(config_from_dict(raw))
+        model._load_own(folder, base=("vision.", "llm."), allowed=set())
+        return model.eval()
+
+    def _load_own(self, folder: Path, base: tuple[str, ...], allowed: set[str]) -> None:
+        """Load model.safetensors: every weight outside the `base` parts, plus the `allowed` ones inside them."""
         own = load_file(str(folder / RELEASE_WEIGHTS))
-        missing, unexpected = model.load_state_dict(own, strict=False)
-        missing = [k for k in missing if not k.startswith(("vision.", "llm."))]
+        missing, unexpected = self.load_state_dict(own, strict=False)
+        missing = [k for k in missing if not k.startswith(base) or k in allowed]
         if missing or unexpected:
             raise ValueError(f"{folder / RELEASE_WEIGHTS} does not match the config: missing {missing[:3]}, "
                              f"unexpected {list(unexpected)[:3]}")
-        return model.eval()
 
 
 RELEASE_VISION = "vision"
@@ -396,6 +432,7 @@ RELEASE_TOKENIZER = "tokenizer"
 RELEASE_BRIDGE_TOKENIZER = "bridge_tokenizer"
 RELEASE_WEIGHTS = "model.safetensors"
 RELEASE_TEMPLATES = "templates.yaml"
+RELEASE_FORM = "delta.json"  # present only in a delta release
 
 
 def check_weight_files(folder: Path) -> None:
