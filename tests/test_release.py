@@ -148,19 +148,23 @@ def test_batched_cli_python_lang_api_and_broken_inputs(tiny_parts, tmp_path, cap
     assert "trainable.safetensors: not a readable safetensors file" in capsys.readouterr().err
 
 
-def test_delta_release_holds_only_trained_weights_and_loads_the_base_parts(tiny_parts, tmp_path, capsys):
-    run = tmp_path / "run"  # LoRA without trained embeddings: the delta is the bridge, heads and adapter
-    train(tiny_parts.config(run, "train.max_steps=2", "train.lr=3e-3", "llm.train_embeddings=false"))
-    assert main(["export", str(run), "--out", str(tmp_path / "full")]) == 0
-    assert main(["export", str(run), "--out", str(tmp_path / "delta"), "--delta"]) == 0
+@pytest.mark.parametrize("embeddings", [False, True])
+def test_delta_release_holds_only_trained_weights_and_loads_the_base_parts(tiny_parts, tmp_path, embeddings):
+    run = tmp_path / "run"  # the delta: bridge, heads, LoRA adapter (and the tied embedding table when trained)
+    train(tiny_parts.config(run, "train.max_steps=2", "train.lr=3e-3", f"llm.train_embeddings={str(embeddings).lower()}"))
+    # Sharded past a tiny limit, as a multi-GB bridge would be past the default 5GB.
+    assert main(["export", str(run), "--out", str(tmp_path / "delta"), "--delta", "--max-shard-size", "40KB"]) == 0
+    assert (tmp_path / "delta" / "model.safetensors.index.json").is_file()
     files = {p.name for p in (tmp_path / "delta").iterdir()}
-    assert {"config.json", "model.safetensors", "delta.json", "README.md"} <= files
+    assert {"config.json", "model.safetensors.index.json", "delta.json", "README.md"} <= files
     assert not files & {"vision", "llm", "tokenizer"}  # the base parts stay where training found them
     from safetensors.torch import load_file
 
-    keys = load_file(str(tmp_path / "delta" / "model.safetensors"))
+    shards = sorted((tmp_path / "delta").glob("model-*.safetensors"))
+    assert len(shards) > 1
+    keys = [k for shard in shards for k in load_file(str(shard))]
     base = [k for k in keys if k.startswith(("vision.", "llm."))]
-    assert base and all("lora_" in k for k in base)  # of the base parts only the adapter travels
+    assert base and all("lora_" in k or (embeddings and "embed" in k) for k in base)  # only what trained
     trained, released = load_from_checkpoint(run), VisionLLM.from_pretrained(tmp_path / "delta")
     assert any("lora" in k for k in released.state_dict())  # the adapter is kept, not merged
     batch = fixed_batches(resolve_shards(trained.cfg.data.val, "val"), trained.cfg.data, trained.vision.preprocess,

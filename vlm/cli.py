@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--results", help="results.json whose scores go into the model card")
     ex.add_argument("--delta", action="store_true", help="only the trained weights (bridge, heads, LoRA adapter) "
                     "and the base models' ids, instead of a self-contained folder with LoRA merged")
+    ex.add_argument("--max-shard-size", default="5GB", help="split model.safetensors past this size (e.g. 2GB)")
 
     for name, text in (("caption", "caption images"), ("ask", "answer a question about images")):
         p = sub.add_parser(name, help=text)
@@ -285,7 +286,7 @@ def cmd_export(args) -> int:
 
     results = json.loads(Path(args.results).read_text()) if args.results else None
     model = load_from_checkpoint(args.checkpoint)
-    folder = export_release(model, args.out, results, delta=args.delta)
+    folder = export_release(model, args.out, results, delta=args.delta, max_shard_size=args.max_shard_size)
     print(f"release: {folder}")
     return 0
 

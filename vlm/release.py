@@ -92,10 +92,11 @@ def model_card(cfg: Config, results: dict | None, delta: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
-def export_release(model: VisionLLM, out_dir: str | Path, results: dict | None = None, delta: bool = False) -> Path:
+def export_release(model: VisionLLM, out_dir: str | Path, results: dict | None = None, delta: bool = False,
+                   max_shard_size: int | str = "5GB") -> Path:
     """A release folder (self-contained, LoRA merged), or with `delta` only the trained weights and the base
     models' ids (VisionLLM.save_pretrained)."""
     extra = {"README.md": model_card(model.cfg, results, delta)}
     if results:
         extra["results.json"] = json.dumps(results, indent=2, ensure_ascii=False) + "\n"
-    return model.save_pretrained(out_dir, extra_files=extra, delta=delta)
+    return model.save_pretrained(out_dir, extra_files=extra, delta=delta, max_shard_size=max_shard_size)

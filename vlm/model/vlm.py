@@ -17,8 +17,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub import save_torch_state_dict
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoTokenizer
 
@@ -336,19 +337,20 @@ class VisionLLM(nn.Module):
     # --- release folders -----------------------------------------------------------------------
 
     def save_pretrained(self, folder: str | Path, extra_files: dict[str, str] | None = None,
-                        delta: bool = False) -> Path:
+                        delta: bool = False, max_shard_size: int | str = "5GB") -> Path:
         """A self-contained folder: config.json, model.safetensors (bridge and heads), vision/ (open_clip
         layout), llm/ (transformers layout, LoRA merged), tokenizer/, plus `extra_files` (name -> text).
         `delta`: only what training changed (bridge, heads, LoRA adapter, trained embeddings) in
         model.safetensors, and a config naming the base encoder, LM and tokenizers as training did (hub ids
         or paths), which `from_pretrained` loads first. Written into a temporary folder and renamed, so a kill
-        never leaves a half-written release."""
+        never leaves a half-written release. model.safetensors is split into model-0000k-of-0000n.safetensors
+        + model.safetensors.index.json (the transformers layout) past `max_shard_size`."""
         folder = Path(folder)
         tmp = folder.with_name(f".{folder.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         if delta:
-            return self._save_delta(tmp, folder, extra_files or {})
+            return self._save_delta(tmp, folder, extra_files or {}, max_shard_size)
         self.vision.save(tmp / RELEASE_VISION)
         llm = self.llm.merged_model()
         llm.save_pretrained(tmp / RELEASE_LLM)
@@ -359,7 +361,7 @@ class VisionLLM(nn.Module):
             self.bridge_tokenizer.save_pretrained(tmp / RELEASE_BRIDGE_TOKENIZER)
         own = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()
                if not k.startswith(("vision.", "llm."))}
-        save_file(own, str(tmp / RELEASE_WEIGHTS))
+        _save_weights(own, tmp, max_shard_size)
         (tmp / "config.json").write_text(json.dumps(release_config(self.cfg), indent=2, ensure_ascii=False) + "\n")
         if self.cfg.data.templates:  # a user's prompt templates travel with the model they trained
             shutil.copyfile(self.cfg.data.templates, tmp / RELEASE_TEMPLATES)
@@ -370,11 +372,11 @@ class VisionLLM(nn.Module):
         os.replace(tmp, folder)
         return folder
 
-    def _save_delta(self, tmp: Path, folder: Path, extra_files: dict[str, str]) -> Path:
+    def _save_delta(self, tmp: Path, folder: Path, extra_files: dict[str, str], max_shard_size: int | str) -> Path:
         trainable = set(self.trainable_state_dict())
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()
                  if not k.startswith(("vision.", "llm.")) or k in trainable}
-        save_file(state, str(tmp / RELEASE_WEIGHTS))
+        _save_weights(state, tmp, max_shard_size)
         raw = self.cfg.to_dict()
         if self.cfg.data.templates:
             shutil.copyfile(self.cfg.data.templates, tmp / RELEASE_TEMPLATES)
@@ -418,7 +420,7 @@ class VisionLLM(nn.Module):
 
     def _load_own(self, folder: Path, base: tuple[str, ...], allowed: set[str]) -> None:
         """Load model.safetensors: every weight outside the `base` parts, plus the `allowed` ones inside them."""
-        own = load_file(str(folder / RELEASE_WEIGHTS))
+        own = _load_weights(folder)
         missing, unexpected = self.load_state_dict(own, strict=False)
         missing = [k for k in missing if not k.startswith(base) or k in allowed]
         if missing or unexpected:
@@ -433,6 +435,24 @@ RELEASE_BRIDGE_TOKENIZER = "bridge_tokenizer"
 RELEASE_WEIGHTS = "model.safetensors"
 RELEASE_TEMPLATES = "templates.yaml"
 RELEASE_FORM = "delta.json"  # present only in a delta release
+RELEASE_INDEX = "model.safetensors.index.json"  # present only when the weights are sharded
+
+
+def _save_weights(state: dict[str, torch.Tensor], folder: Path, max_shard_size: int | str) -> None:
+    # huggingface_hub writes transformers' layout: one model.safetensors, or shards and an index.
+    save_torch_state_dict(state, folder, filename_pattern="model{suffix}.safetensors", max_shard_size=max_shard_size)
+
+
+def _load_weights(folder: Path) -> dict[str, torch.Tensor]:
+    index = folder / RELEASE_INDEX
+    if not index.is_file():
+        return load_file(str(folder / RELEASE_WEIGHTS))
+    state: dict[str, torch.Tensor] = {}
+    for name in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder / name}: a shard listed in {index.name} is missing")
+        state.update(load_file(str(folder / name)))
+    return state
 
 
 def check_weight_files(folder: Path) -> None:
