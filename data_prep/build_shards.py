@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import tempfile
 import time
@@ -29,6 +28,7 @@ import webdataset as wds
 from tqdm import tqdm
 
 from data_prep.manifest import MANIFEST, SplitCounter, write_manifest
+from data_prep.shards import publish_shards, tar_mtime
 from data_prep.sources import Source, coco, img2dataset, jsonl, llava
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class EvenShardWriter:
         self.folder, self.prefix, self.size = folder, prefix, size
         self.written = 0
         self._tar: wds.TarWriter | None = None
-        self._mtime = int(time.time())  # whole seconds: a float mtime adds a PAX header to every member
+        self._mtime = tar_mtime()
 
     def write(self, key: str, ext: str, image: bytes, record: dict) -> str:
         """Write one sample; return the name of the shard it went to."""
@@ -114,7 +114,7 @@ def build_shards(fmt: str, inputs: list[str], out_dir: str | Path, images: str =
             raise ValueError(f"{fmt} {' '.join(inputs)}: no usable sample ({_summary(stats) or 'inputs are empty'})")
         kept = _other_splits(out_dir, split)
         (out_dir / MANIFEST).unlink(missing_ok=True)  # from here until the new one, the folder is incomplete
-        _publish(Path(tmp), out_dir, split)
+        publish_shards(Path(tmp), out_dir, split)
     _log_skips(fmt, counter.to_dict()["samples"], stats)
     source_info = {"format": fmt, "inputs": [str(name) for name in inputs], "images": images or None, **source.info}
     return write_manifest(out_dir, {**kept, split: counter}, source=source_info, stats=stats,
@@ -155,14 +155,6 @@ def _other_splits(out_dir: Path, split: str) -> dict[str, dict]:
         return {}
     return {name: entry for name, entry in counts.items() if name != split and isinstance(entry, dict)
             and all((out_dir / shard).is_file() for shard in entry.get("shards", {}))}
-
-
-def _publish(tmp: Path, out_dir: Path, prefix: str) -> None:
-    """Move the finished {prefix}-*.tar shards from tmp into out_dir, replacing that split's older set."""
-    for stale in out_dir.glob(f"{prefix}-[0-9]*.tar"):
-        stale.unlink()
-    for path in sorted(tmp.glob(f"{prefix}-[0-9]*.tar")):
-        os.replace(path, out_dir / path.name)
 
 
 def _summary(stats: dict) -> str:

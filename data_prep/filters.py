@@ -15,9 +15,6 @@ from functools import lru_cache
 from data_prep.language_id import in_language
 from data_prep.languages import NO_SPACE_LANGUAGES, get_language, matches_language_script, script_of
 
-REASONS = ("untranslatable", "empty", "copy", "wrong_script", "repetition", "length_ratio", "language_id",
-           "back_translation")
-
 # Characters of a translation per character of English, roughly (Flores-200 dev set averages). Languages
 # not listed are taken as 1.0; `length_ratio_tolerance` makes the accepted band wide around it.
 TYPICAL_LENGTH_RATIO = {

@@ -14,13 +14,17 @@ training stream's temperature sampling reads it.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
+import webdataset as wds
+
 MANIFEST = "manifest.json"
+IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp")  # the image extensions a shard sample may have
 
 
 def record_languages(record: dict) -> set[str]:
@@ -63,11 +67,30 @@ def write_manifest(out_dir: str | Path, splits: dict[str, SplitCounter | dict], 
     manifest: dict = {name: sorted(c["shards"]) for name, c in counts.items()}
     manifest["counts"] = counts
     manifest |= extra
-    path = Path(out_dir) / MANIFEST
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    write_json(Path(out_dir) / MANIFEST, manifest)
     return manifest
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write JSON through a temp file and a rename: a reader never sees half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def expand_pattern(pattern: str, prefix: str) -> list[str]:
+    """The shards of a brace pattern and/or glob ("data/train-{000000..000099}.tar", "data/*.tar"), the
+    shard-spec syntax of data.train and `vlm prep translate`; URLs pass through. A missing file raises
+    FileNotFoundError with `prefix` in front ("data.train: ", "input ")."""
+    urls = []
+    for url in wds.shardlists.expand_urls(pattern):
+        matches = sorted(glob.glob(url)) if any(c in url for c in "*?[") else [url]
+        missing = [m for m in matches if "://" not in m and not Path(m).is_file()]
+        if not matches or missing:
+            raise FileNotFoundError(f"{prefix}shard not found: {missing[0] if missing else url}")
+        urls += matches
+    return urls
 
 
 def read_manifest(folder: str | Path) -> dict:

@@ -27,7 +27,6 @@ from data_prep.translate_job import STATE, translate_dataset
 
 log = logging.getLogger(__name__)
 
-IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 PNG_COMPRESS_LEVEL = 1  # faster than the default 6, and on these noisy images even ~10% smaller
 _SPLIT_IDS = {"train": 0, "val": 1}  # separate seed streams, so val scenes are not a prefix of train's
 
@@ -39,7 +38,7 @@ def _encoded(sample: dict) -> dict:
     return sample
 
 
-def _publish(tmp: Path, out_dir: Path, prefix: str) -> list[Path]:
+def publish_shards(tmp: Path, out_dir: Path, prefix: str) -> list[Path]:
     """Move the finished {prefix}-*.tar shards from tmp into out_dir, replacing any older set."""
     for stale in out_dir.glob(f"{prefix}-[0-9]*.tar"):
         stale.unlink()
@@ -50,7 +49,7 @@ def _publish(tmp: Path, out_dir: Path, prefix: str) -> list[Path]:
     return shards
 
 
-def _mtime() -> int:
+def tar_mtime() -> int:
     """mtime for tar members. Whole seconds: webdataset's default float time.time() makes tarfile add a
     1 KiB PAX header to every member (twice the header bytes, a quarter of the write time)."""
     return int(time.time())
@@ -67,14 +66,14 @@ def write_shards(samples: Iterable[dict], out_dir: str | Path, prefix: str, maxc
     with tempfile.TemporaryDirectory(prefix=f".{prefix}-", dir=out_dir) as tmp:
         pattern = str(Path(tmp) / prefix).replace("%", "%%") + "-%06d.tar"
         count = 0
-        with wds.ShardWriter(pattern, maxcount=maxcount, verbose=0, mtime=_mtime()) as writer:
+        with wds.ShardWriter(pattern, maxcount=maxcount, verbose=0, mtime=tar_mtime()) as writer:
             for sample in samples:
                 writer.write(_encoded(sample))
                 count += 1
         if not count:  # ShardWriter opens its first shard eagerly: drop that empty one
             for empty in Path(tmp).glob("*.tar"):
                 empty.unlink()
-        return _publish(Path(tmp), out_dir, prefix)
+        return publish_shards(Path(tmp), out_dir, prefix)
 
 
 def _english_record(scene: Scene) -> dict:

@@ -14,7 +14,6 @@ Every dropped translation is logged with its reason in `rejected/<shard>.jsonl`.
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import os
@@ -29,12 +28,19 @@ import webdataset as wds
 from tqdm import tqdm
 
 from data_prep.filters import FilterConfig
-from data_prep.manifest import MANIFEST, SplitCounter, read_manifest, write_manifest
+from data_prep.manifest import (
+    IMAGE_MEMBERS,
+    MANIFEST,
+    SplitCounter,
+    expand_pattern,
+    read_manifest,
+    write_json,
+    write_manifest,
+)
 from data_prep.records import SOURCE, Verdicts, apply_verdicts, judge, source_texts, summary_table
 from data_prep.translate import Translator
 
 log = logging.getLogger(__name__)
-IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 STATE = ".translate"
 CACHE_SIZE = 1 << 20  # translations remembered across shards, per target language
 
@@ -60,25 +66,13 @@ def plan_jobs(inputs: list[str], split: str = "train") -> list[ShardJob]:
                       and all(isinstance(v, str) and v.endswith(".tar") for v in value)]
             jobs += [ShardJob(s, str(Path(item) / name), name) for s in splits for name in manifest[s]]
         else:
-            jobs += [ShardJob(split, url, Path(url).name) for url in _expand(item)]
+            jobs += [ShardJob(split, url, Path(url).name) for url in expand_pattern(item, "input ")]
     names = Counter(job.name for job in jobs)
     if clash := [name for name, n in names.items() if n > 1]:
         raise ValueError(f"two input shards are both named {clash[0]}: outputs keep input names, rename one")
     if not jobs:
         raise FileNotFoundError("no input shards given")
     return jobs
-
-
-def _expand(spec: str) -> list[str]:
-    """Files of a brace pattern and/or glob, like data.train's shard specs."""
-    urls = []
-    for url in wds.shardlists.expand_urls(spec):
-        matches = sorted(glob.glob(url)) if any(c in url for c in "*?[") else [url]
-        missing = [m for m in matches if not Path(m).is_file()]
-        if not matches or missing:
-            raise FileNotFoundError(f"input shard not found: {missing[0] if missing else url}")
-        urls += matches
-    return urls
 
 
 # --- the journal ---------------------------------------------------------------------------------
@@ -125,7 +119,7 @@ def _samples(url: str, skipped: Counter) -> Iterator[tuple[dict, dict]]:
         return True
 
     for raw in wds.tariterators.tarfile_samples([{"url": url}], handler=on_error):
-        if not any(key in raw for key in IMAGE_KEYS):
+        if not any(key in raw for key in IMAGE_MEMBERS):
             skipped["skipped/no_image"] += 1
             continue
         try:
@@ -204,7 +198,7 @@ class ShardTranslator:
         if rejected:
             _write_jsonl(self.out_dir / "rejected" / f"{job.stem}.jsonl", rejected)
         result = ShardResult(job.split, job.name, counter.to_dict(), dict(stats + skipped), sent, seconds)
-        _write_json(self.out_dir / STATE / "done" / f"{job.stem}.json", asdict(result))
+        write_json(self.out_dir / STATE / "done" / f"{job.stem}.json", asdict(result))
         shutil.rmtree(work, ignore_errors=True)
         return result
 
@@ -253,13 +247,6 @@ class ShardTranslator:
             return [journal.done[o] for o in outputs]
 
         return back
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -320,7 +307,7 @@ def translate_dataset(
         (out_dir / MANIFEST).unlink(missing_ok=True)
         full = job_settings(settings or {}, targets, filters)
         check_settings(out_dir, full)
-        _write_json(out_dir / STATE / "settings.json", full)
+        write_json(out_dir / STATE / "settings.json", full)
     barrier()
     done_dir = out_dir / STATE / "done"
     mine = [job for job in jobs[rank::world_size] if not (done_dir / f"{job.stem}.json").is_file()]
@@ -334,7 +321,7 @@ def translate_dataset(
             result = worker.run(job)
             texts, seconds = texts + result.texts, seconds + result.translate_seconds
             log.info("rank %d: %s: %d texts in %.1f s", rank, job.name, result.texts, result.translate_seconds)
-    _write_json(out_dir / STATE / f"rank-{rank}.json",
+    write_json(out_dir / STATE / f"rank-{rank}.json",
                 {"texts": texts, "seconds": round(seconds, 3), "wall_seconds": round(time.perf_counter() - start, 3)})
     barrier()
     if rank != 0:

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import webdataset as wds
 
+from data_prep.manifest import IMAGE_MEMBERS
 from data_prep.sources import Sample, Skip, Source, image_extension, texts, usable
 
 log = logging.getLogger(__name__)
 
-IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp")
 _NOT_PROVENANCE = ("caption", "key", "exif", "status", "error_message")  # text, duplicates, bulk, always success
 _DOWNLOAD_FIELDS = ("count", "successes")  # plus every "failed_to_*" field of the stats sidecars
 

@@ -14,7 +14,6 @@ reason (`BadSamples`); the counts travel with each batch to the trainer's metric
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import io
 import itertools
@@ -34,13 +33,12 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from data_prep.manifest import language_counts, read_manifest
+from data_prep.manifest import IMAGE_MEMBERS, expand_pattern, language_counts, read_manifest
 from vlm.config import DataConfig
 from vlm.data.collate import Collator, Example
 from vlm.data.templates import Templates, load_templates, match_templates, training_templates
 
 log = logging.getLogger(__name__)
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 # Why a raw sample was skipped. tar_error: the tar iterator's exception (a truncated or corrupt tar: the rest
 # of that shard is lost); no_language: no caption in any of data.languages; empty_caption: captions there,
 # but all empty; no_task: none of data.tasks fits the sample's language (say, only vqa and no question).
@@ -65,16 +63,12 @@ def resolve_shards(spec: list[str], split: str) -> list[str]:
             manifest = path / "manifest.json"
             if not manifest.is_file():
                 raise FileNotFoundError(f"data.{split}: folder {item} has no manifest.json")
-            urls += [str(path / name) for name in json.loads(manifest.read_text())[split]]
+            listed = [str(path / name) for name in json.loads(manifest.read_text())[split]]
+            if missing := [url for url in listed if not Path(url).is_file()]:
+                raise FileNotFoundError(f"data.{split}: shard not found: {missing[0]}")
+            urls += listed
             continue
-        for url in wds.shardlists.expand_urls(item):
-            matches = sorted(glob.glob(url)) if any(c in url for c in "*?[") else [url]
-            if not matches:
-                raise FileNotFoundError(f"data.{split}: no file matches {url}")
-            urls += matches
-    for url in urls:
-        if "://" not in url and not Path(url).is_file():
-            raise FileNotFoundError(f"data.{split}: shard not found: {url}")
+        urls += expand_pattern(item, f"data.{split}: ")
     if not urls:
         raise FileNotFoundError(f"data.{split}: no shards given")
     return urls
@@ -153,7 +147,7 @@ class Decoded:
 
 
 def _image_ext(sample: dict) -> str | None:
-    return next((e for e in IMAGE_EXTENSIONS if e in sample), None)
+    return next((e for e in IMAGE_MEMBERS if e in sample), None)
 
 
 def parse_record(sample: dict) -> tuple[dict | None, str | None]:
@@ -446,8 +440,7 @@ def image_id(key: str) -> int:
 
 def _sample_rng(seed: int, epoch: int | str, key: str) -> random.Random:
     # Choices depend only on (seed, epoch, key), so skipping samples on resume needs no RNG replay.
-    digest = hashlib.blake2b(f"{seed}/{epoch}/{key}".encode(), digest_size=8).digest()
-    return random.Random(int.from_bytes(digest, "little"))
+    return _seeded(seed, epoch, key)
 
 
 def language_sampler(cfg: DataConfig, counts: Mapping[str, int] | None = None) -> LanguageSampler:

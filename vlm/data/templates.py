@@ -169,21 +169,15 @@ def caption_prompt(lang: str, instruction: str = "target", templates: Templates 
     return f"Caption in {get_language(lang).name}:"
 
 
-def vqa_template(lang: str, templates: Templates | None = None, index: int = 0) -> str:
-    """VQA template number `index` of `lang` (the English fallback names the language)."""
-    found = (templates or packaged_templates()).get(lang, "vqa")
-    if found:
-        return found[index % len(found)]
+def _english_vqa_template(lang: str) -> str:
     return "Question: {question} Answer in " + get_language(lang).name + ":"
 
 
 def vqa_prompt(question: str, lang: str, instruction: str = "target", templates: Templates | None = None) -> str:
-    """A question whose answer is wanted in `lang` (xGQA asks German questions for English answers)."""
-    if instruction == "target" or lang == "en":
-        template = vqa_template(lang, templates)
-    else:
-        template = "Question: {question} Answer in " + get_language(lang).name + ":"
-    return template.format(question=question)
+    """A question whose answer is wanted in `lang` (xGQA asks German questions for English answers): the first
+    VQA template of `lang`, or an English one naming the language ("en" instructions, or no template)."""
+    found = (templates or packaged_templates()).get(lang, "vqa") if instruction == "target" or lang == "en" else ()
+    return (found[0] if found else _english_vqa_template(lang)).format(question=question)
 
 
 FALLBACK_MATCH = 'Does the caption "{caption}" describe this image? Answer yes or no in English:'
@@ -204,5 +198,5 @@ def training_templates(lang: str, task: str, templates: Templates) -> tuple[str,
     if task == "caption":
         return templates.get(lang, "caption") or (caption_prompt(lang, "en"),)
     if task == "vqa":
-        return templates.get(lang, "vqa") or (vqa_template(lang, templates),)
+        return templates.get(lang, "vqa") or (_english_vqa_template(lang),)
     return match_templates(lang, templates)[0]
