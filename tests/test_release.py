@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from data_prep.synthetic import generate_scenes, render
 from vlm.cli import main
@@ -17,36 +18,59 @@ from vlm.release import load_from_checkpoint
 from vlm.train.trainer import train
 
 
+def _lm_logits(model: VisionLLM, batch: dict) -> torch.Tensor:
+    """The LM's logits over [visual prefix; prompt + target] (decoder logits for a seq2seq LM)."""
+    prefix = model.visual(batch["images"], batch["prompt_ids"], batch["prompt_mask"]).visual_tokens
+    embeds = torch.cat([prefix, model.llm.embed(batch["input_ids"])], dim=1)
+    mask = torch.cat([batch["attention_mask"].new_ones(prefix.shape[:2]), batch["attention_mask"]], dim=1)
+    labels = {"labels": batch["labels"]} if model.llm.is_seq2seq else {}
+    return model.llm.model(inputs_embeds=embeds, attention_mask=mask, **labels).logits
+
+
 @pytest.mark.parametrize(("kind", "bridge"), [("causal", "qformer"), ("seq2seq", "qformer"), ("causal", "moe")])
 def test_release_round_trip_gives_identical_outputs(tiny_parts, tmp_path, kind, bridge):
+    """The default release keeps the LoRA adapter apart: the same weights, so the same logits bit for bit;
+    `--merge-lora` folds it into the LM's weights: equal within float rounding, the same generations."""
     run = tmp_path / "run"
     train(tiny_parts.config(run, "train.max_steps=3", "train.lr=3e-3", f"bridge.type={bridge}", kind=kind))
     assert main(["export", str(run), "--out", str(tmp_path / "release")]) == 0
+    assert main(["export", str(run), "--out", str(tmp_path / "merged"), "--merge-lora"]) == 0
     trained = load_from_checkpoint(run)
     released = VisionLLM.from_pretrained(tmp_path / "release")
+    merged = VisionLLM.from_pretrained(tmp_path / "merged")
     files = {p.name for p in (tmp_path / "release").iterdir()}
     assert {"config.json", "model.safetensors", "vision", "llm", "tokenizer", "README.md"} <= files
-    assert not any("lora" in k for k in released.state_dict())  # LoRA merged into the LLM weights
+    assert any("lora_" in k for k in load_file(str(tmp_path / "release" / "model.safetensors")))
+    assert not any("lora" in k for k in load_file(str(tmp_path / "release" / "llm" / "model.safetensors")))
+    assert not any("lora" in k for k in merged.state_dict())  # LoRA merged into the LLM weights
+    assert "adapter kept" in (tmp_path / "release" / "README.md").read_text()
+    assert "LoRA r=4 merged" in (tmp_path / "merged" / "README.md").read_text()
 
     cfg = trained.cfg
     collator = trained.collator()
     batch = fixed_batches(resolve_shards(cfg.data.val, "val"), cfg.data, trained.vision.preprocess, collator,
                           batch_size=6, max_batches=1, seed=0)[0]
     with torch.no_grad():
-        torch.manual_seed(0)  # ITM draws its hard negatives at random
-        a = trained(batch)
-        torch.manual_seed(0)
-        b = released(batch)
+        logits = _lm_logits(trained, batch)
+        assert torch.equal(_lm_logits(released, batch), logits)
+        assert (_lm_logits(merged, batch) - logits).abs().max() < 1e-5
+        terms = {}
+        for name, model in (("trained", trained), ("released", released), ("merged", merged)):
+            torch.manual_seed(0)  # ITM draws its hard negatives at random
+            terms[name] = model(batch)
+    a, b, c = terms["trained"], terms["released"], terms["merged"]
     expected = {"qformer": {"loss", "lm", "contrastive", "itc", "itm", "itg"}, "moe": {"loss", "lm", "contrastive"}}
-    assert set(a) == set(b) == expected[bridge]
+    assert set(a) == set(b) == set(c) == expected[bridge]
     for name in a:
-        assert a[name].item() == pytest.approx(b[name].item(), rel=1e-5, abs=1e-6)
-    assert torch.allclose(trained.encode_image(batch["images"]), released.encode_image(batch["images"]), atol=1e-5)
+        assert torch.equal(a[name], b[name]), name
+        assert a[name].item() == pytest.approx(c[name].item(), rel=1e-5, abs=1e-6)
+    assert torch.allclose(trained.encode_image(batch["images"]), merged.encode_image(batch["images"]), atol=1e-5)
     texts = ["a small red circle on the left", "左边有一个小的红色圆形"]
-    assert torch.allclose(trained.encode_text(texts), released.encode_text(texts), atol=1e-5)
+    assert torch.allclose(trained.encode_text(texts), merged.encode_text(texts), atol=1e-5)
     prompts = [caption_prompt("de"), vqa_prompt("how many shapes are there?", "en")] * 3
-    assert trained.generate(batch["images"], prompts, max_new_tokens=6) == \
-        released.generate(batch["images"], prompts, max_new_tokens=6)
+    generations = trained.generate(batch["images"], prompts, max_new_tokens=6)
+    assert released.generate(batch["images"], prompts, max_new_tokens=6) == generations
+    assert merged.generate(batch["images"], prompts, max_new_tokens=6) == generations
 
 
 def test_cli_caption_ask_and_eval_with_a_release(tiny_parts, tmp_path, capsys):
@@ -158,8 +182,6 @@ def test_delta_release_holds_only_trained_weights_and_loads_the_base_parts(tiny_
     files = {p.name for p in (tmp_path / "delta").iterdir()}
     assert {"config.json", "model.safetensors.index.json", "delta.json", "README.md"} <= files
     assert not files & {"vision", "llm", "tokenizer"}  # the base parts stay where training found them
-    from safetensors.torch import load_file
-
     shards = sorted((tmp_path / "delta").glob("model-*.safetensors"))
     assert len(shards) > 1
     keys = [k for shard in shards for k in load_file(str(shard))]
@@ -179,3 +201,7 @@ def test_delta_release_holds_only_trained_weights_and_loads_the_base_parts(tiny_
     assert trained.generate(batch["images"], prompts, max_new_tokens=5) == \
         released.generate(batch["images"], prompts, max_new_tokens=5)
     assert "A delta release" in (tmp_path / "delta" / "README.md").read_text()
+    # a sharded release (an index, no model.safetensors) is a release to `vlm eval` too
+    assert main(["eval", str(tmp_path / "delta"), "--out", str(tmp_path / "eval"), "eval.max_images=4",
+                 "data.languages=[en]"]) == 0
+    assert json.loads((tmp_path / "eval" / "results.json").read_text())["n_images"] == 4

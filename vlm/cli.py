@@ -19,6 +19,7 @@ from data_prep.build_shards import FORMATS as SHARD_FORMATS
 from data_prep.translate import BACKENDS
 from vlm.config import SUITES, ConfigError, InputError, check_paths, load_config
 
+EXPORT_FORMATS = ("native", "hf-blip2")
 DEFAULT_DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 
 
@@ -86,7 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True)
     ex.add_argument("--results", help="results.json whose scores go into the model card")
     ex.add_argument("--delta", action="store_true", help="only the trained weights (bridge, heads, LoRA adapter) "
-                    "and the base models' ids, instead of a self-contained folder with LoRA merged")
+                    "and the base models' ids, instead of a self-contained folder")
+    ex.add_argument("--merge-lora", action="store_true", help="fold the LoRA adapter into the LM's weights "
+                    "(default: kept beside them in model.safetensors)")
+    ex.add_argument("--format", choices=EXPORT_FORMATS, default="native",
+                    help="native (VisionLLM.from_pretrained) or hf-blip2 (transformers' "
+                         "Blip2ForConditionalGeneration + Blip2Processor; Q-Former bridges, LoRA merged)")
     ex.add_argument("--max-shard-size", default="5GB", help="split model.safetensors past this size (e.g. 2GB)")
 
     for name, text in (("caption", "caption images"), ("ask", "answer a question about images")):
@@ -230,7 +236,8 @@ def cmd_train(args) -> int:
 
 
 def _is_release(path: Path) -> bool:
-    return (path / "model.safetensors").is_file() and (path / "config.json").is_file()
+    weights = ("model.safetensors", "model.safetensors.index.json")  # one file, or shards and their index
+    return (path / "config.json").is_file() and any((path / name).is_file() for name in weights)
 
 
 def _model_config_path(path: Path) -> Path:
@@ -238,6 +245,9 @@ def _model_config_path(path: Path) -> Path:
     from vlm.release import resolve_checkpoint
 
     if _is_release(path):
+        from vlm.model.vlm import read_release_config
+
+        read_release_config(path)  # a transformers BLIP-2 export is refused here
         return path / "config.json"
     return resolve_checkpoint(path) / "config.json"
 
@@ -282,11 +292,18 @@ def cmd_eval(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from vlm.release import export_release, load_from_checkpoint
+    from vlm.release import export_release, load_from_checkpoint, resolve_checkpoint
 
+    if args.delta and (args.merge_lora or args.format != "native"):
+        raise ConfigError("--delta keeps the LoRA adapter apart in the native format: drop --merge-lora/--format")
     results = json.loads(Path(args.results).read_text()) if args.results else None
+    if args.format == "hf-blip2":  # what the checkpoint's config rules out fails before any weights load
+        from vlm.hf_blip2 import check_config
+
+        check_config(load_config(resolve_checkpoint(args.checkpoint) / "config.json"))
     model = load_from_checkpoint(args.checkpoint)
-    folder = export_release(model, args.out, results, delta=args.delta, max_shard_size=args.max_shard_size)
+    folder = export_release(model, args.out, results, delta=args.delta, merge_lora=args.merge_lora,
+                            form=args.format, max_shard_size=args.max_shard_size)
     print(f"release: {folder}")
     return 0
 

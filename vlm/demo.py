@@ -2,7 +2,8 @@
 
 Stages: synthetic scenes -> phrase-table translation -> webdataset shards; the small "pretrained"
 parts it cannot download (CLIP, tokenizer, LM); alignment training; per-language evaluation;
-results.json + report; a release folder, reloaded and used to caption an image.
+results.json + report; a release folder, reloaded and used to caption an image, and the same model exported
+as transformers' Blip2ForConditionalGeneration, captioning through transformers alone.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from eval.suites.loading import load_suite
 from vlm.config import Config, ConfigError, check_paths
 from vlm.data.pipeline import read_samples, resolve_shards
 from vlm.data.templates import caption_prompt
+from vlm.hf_blip2 import caption_with_transformers
 from vlm.model.vlm import VisionLLM
 from vlm.parts import make_clip, make_language_model
 from vlm.release import export_release
@@ -85,6 +87,8 @@ def run_demo(cfg: Config, progress: bool = True) -> dict:
     lang = cfg.data.languages[-1]
     reloaded_caption = reloaded.generate(image, [caption_prompt(lang)], max_new_tokens=cfg.eval.max_new_tokens)[0]
     trained_caption = result.model.generate(image, [caption_prompt(lang)], max_new_tokens=cfg.eval.max_new_tokens)[0]
+    hf_blip2 = _hf_blip2_release(result.model, out_dir, results, _first_val_image(val_urls), caption_prompt(lang),
+                                 trained_caption, cfg.eval.max_new_tokens)
     stage("release", t)
 
     timings["total"] = round(time.time() - start, 1)
@@ -93,12 +97,24 @@ def run_demo(cfg: Config, progress: bool = True) -> dict:
     results["parts"] = parts
     results["training"] = {"steps": result.steps, "seconds": round(result.seconds, 1), **result.last_metrics}
     results["release"] = {"path": str(release_dir), "caption_lang": lang, "caption": reloaded_caption,
-                          "matches_trained_model": reloaded_caption == trained_caption}
+                          "matches_trained_model": reloaded_caption == trained_caption, "hf_blip2": hf_blip2}
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     report = write_report(results, out_dir, out_dir / "metrics.jsonl")
     results["report"] = str(report)
     _print_summary(results, out_dir)
     return results
+
+
+def _hf_blip2_release(model: VisionLLM, out_dir: Path, results: dict, image, prompt: str, trained_caption: str,
+                      max_new_tokens: int) -> dict:
+    """The same model as transformers' Blip2ForConditionalGeneration, captioning through transformers alone;
+    a config whose parts that class cannot hold (an MoE bridge, a tower with ln_pre) says why instead."""
+    try:
+        folder = export_release(model, out_dir / "release-hf-blip2", results, form="hf-blip2")
+    except ConfigError as err:
+        return {"skipped": str(err)}
+    caption = caption_with_transformers(folder, [image], prompt, max_new_tokens=max_new_tokens)[0]
+    return {"path": str(folder), "caption": caption, "matches_trained_model": caption == trained_caption}
 
 
 def _first_val_image(urls: list[str]):
@@ -119,5 +135,11 @@ def _print_summary(results: dict, out_dir: Path) -> None:
               f" {c.get('cider', 0):5.1f} | {v.get('overall', 0):4.1f} | {v.get('majority_overall', 0):4.1f}")
     rel = results["release"]
     print(f"\nRelease: {rel['path']} (reloaded caption [{rel['caption_lang']}]: {rel['caption']})")
+    hf = rel["hf_blip2"]
+    if "skipped" in hf:
+        print(f"No Blip2ForConditionalGeneration export: {hf['skipped']}")
+    else:
+        print(f"Blip2ForConditionalGeneration: {hf['path']} (transformers' caption: {hf['caption']}; "
+              f"{'the same' if hf['matches_trained_model'] else 'NOT the same'} as the trained model's)")
     print(f"Results: {out_dir / 'results.json'}   Report: {results['report']}")
     print(f"Total wall time: {results['timings']['total']:.1f} s")

@@ -63,23 +63,34 @@ def _training_data(cfg: Config) -> list[str]:
     return lines
 
 
-def model_card(cfg: Config, results: dict | None, delta: bool = False) -> str:
+def _lora_summary(cfg: Config, delta: bool, merge_lora: bool) -> str:
+    if not cfg.llm.lora_r:
+        return ""
+    if merge_lora and not delta:
+        return f", LoRA r={cfg.llm.lora_r} merged"
+    return f", LoRA r={cfg.llm.lora_r} adapter kept beside the base weights"
+
+
+def model_card(cfg: Config, results: dict | None, delta: bool = False, merge_lora: bool = False,
+               usage: list[str] | None = None) -> str:
     lines = [
         "# Multilingual vision-LLM",
         "",
         f"- image encoder: open_clip `{cfg.vision.name}` (frozen, block {cfg.vision.layer})",
         f"- bridge: {bridge_summary(cfg)}",
         f"- language model: `{cfg.llm.name}` ({cfg.llm.kind}; frozen"
-        + (f", LoRA r={cfg.llm.lora_r} merged" if cfg.llm.lora_r else "")
+        + _lora_summary(cfg, delta, merge_lora)
         + (", embeddings trained" if cfg.llm.train_embeddings else "") + ")",
         f"- languages: {', '.join(cfg.data.languages)}",
         *_training_data(cfg),
         "",
-        "Load with `VisionLLM.from_pretrained(path)`; caption with `vlm caption PATH IMAGE --lang xx`."
-        + (" A delta release: the image encoder and the LM load from the ids above first (LoRA not merged)."
-           if delta else ""),
-        "",
     ]
+    if usage is not None:
+        lines += usage
+    else:
+        lines += ["Load with `VisionLLM.from_pretrained(path)`; caption with `vlm caption PATH IMAGE --lang xx`."
+                  + (" A delta release: the image encoder and the LM load from the ids above first (LoRA not "
+                     "merged)." if delta else ""), ""]
     if results:
         lines += ["## Scores per language", "",
                   "| lang | i2t R@1 | t2i R@1 | CIDEr | VQA acc | VQA majority |", "|---|---|---|---|---|---|"]
@@ -93,10 +104,16 @@ def model_card(cfg: Config, results: dict | None, delta: bool = False) -> str:
 
 
 def export_release(model: VisionLLM, out_dir: str | Path, results: dict | None = None, delta: bool = False,
-                   max_shard_size: int | str = "5GB") -> Path:
-    """A release folder (self-contained, LoRA merged), or with `delta` only the trained weights and the base
-    models' ids (VisionLLM.save_pretrained)."""
-    extra = {"README.md": model_card(model.cfg, results, delta)}
-    if results:
-        extra["results.json"] = json.dumps(results, indent=2, ensure_ascii=False) + "\n"
-    return model.save_pretrained(out_dir, extra_files=extra, delta=delta, max_shard_size=max_shard_size)
+                   merge_lora: bool = False, form: str = "native", max_shard_size: int | str = "5GB") -> Path:
+    """A self-contained release folder (the LoRA adapter kept beside the base weights, or merged into them),
+    with `delta` only the trained weights and the base models' ids (VisionLLM.save_pretrained), or with
+    `form="hf-blip2"` transformers' Blip2ForConditionalGeneration layout (vlm.hf_blip2)."""
+    results_file = {"results.json": json.dumps(results, indent=2, ensure_ascii=False) + "\n"} if results else {}
+    if form == "hf-blip2":
+        from vlm.hf_blip2 import export_hf_blip2, usage_section
+
+        card = model_card(model.cfg, results, merge_lora=True, usage=usage_section(model))
+        return export_hf_blip2(model, out_dir, {"README.md": card, **results_file}, max_shard_size=max_shard_size)
+    extra = {"README.md": model_card(model.cfg, results, delta, merge_lora), **results_file}
+    return model.save_pretrained(out_dir, extra_files=extra, delta=delta, merge_lora=merge_lora,
+                                 max_shard_size=max_shard_size)

@@ -120,6 +120,16 @@ class LanguageModel(nn.Module):
         # returns the decoder sequence; special tokens (decoder start, eos, pad) are skipped.
         return [text.strip() for text in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
+    def save_base(self, folder) -> None:
+        """Save the transformers model as trained but without its LoRA adapter (the release keeps the adapter
+        beside it): peft's injected `base_layer` names are undone, so the folder loads as a plain model."""
+        if self.cfg.lora_r == 0:
+            self.model.save_pretrained(folder)
+            return
+        base = self.model.get_base_model()
+        state = {k.replace(".base_layer.", "."): v for k, v in base.state_dict().items() if "lora_" not in k}
+        base.save_pretrained(folder, state_dict=state)
+
     def merged_model(self) -> PreTrainedModel:
         """The underlying transformers model with any LoRA adapters merged in (for release)."""
         if self.cfg.lora_r > 0:

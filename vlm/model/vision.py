@@ -25,18 +25,7 @@ def create_open_clip(cfg: VisionConfig) -> tuple[nn.Module, object, dict]:
     `cfg.name` is a built-in or registered open_clip name (weights from `cfg.pretrained`: a tag or a
     local file), or `local-dir:PATH`, a folder with open_clip_config.json + weights (the Hub layout).
     """
-    if cfg.model_config_dir:
-        open_clip.add_model_config(Path(cfg.model_config_dir))
-    if cfg.name.startswith(LOCAL_DIR):
-        folder = Path(cfg.name[len(LOCAL_DIR):])
-        if not (folder / OPEN_CLIP_CONFIG).is_file():
-            raise FileNotFoundError(f"vision.name: {folder} has no {OPEN_CLIP_CONFIG}")
-        architecture = json.loads((folder / OPEN_CLIP_CONFIG).read_text())["model_cfg"]
-    else:
-        architecture = open_clip.get_model_config(cfg.name)
-        if architecture is None:
-            raise ValueError(f"vision.name: unknown open_clip model '{cfg.name}' "
-                             f"(add its JSON folder as vision.model_config_dir)")
+    architecture = open_clip_architecture(cfg)
     if cfg.visual_weights:
         # open_clip would warn that the model is "initialized randomly"; the weights follow, strictly.
         with _quiet_root_logger():
@@ -45,6 +34,22 @@ def create_open_clip(cfg: VisionConfig) -> tuple[nn.Module, object, dict]:
     else:
         model, _, preprocess = open_clip.create_model_and_transforms(cfg.name, pretrained=(cfg.pretrained or None))
     return model, preprocess, architecture
+
+
+def open_clip_architecture(cfg: VisionConfig) -> dict:
+    """The open_clip model config (embed_dim, vision_cfg, text_cfg) that `cfg` names, read without weights."""
+    if cfg.model_config_dir:
+        open_clip.add_model_config(Path(cfg.model_config_dir))
+    if cfg.name.startswith(LOCAL_DIR):
+        folder = Path(cfg.name[len(LOCAL_DIR):])
+        if not (folder / OPEN_CLIP_CONFIG).is_file():
+            raise FileNotFoundError(f"vision.name: {folder} has no {OPEN_CLIP_CONFIG}")
+        return json.loads((folder / OPEN_CLIP_CONFIG).read_text())["model_cfg"]
+    architecture = open_clip.get_model_config(cfg.name)
+    if architecture is None:
+        raise ValueError(f"vision.name: unknown open_clip model '{cfg.name}' "
+                         f"(add its JSON folder as vision.model_config_dir)")
+    return architecture
 
 
 @contextlib.contextmanager

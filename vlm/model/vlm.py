@@ -337,40 +337,40 @@ class VisionLLM(nn.Module):
     # --- release folders -----------------------------------------------------------------------
 
     def save_pretrained(self, folder: str | Path, extra_files: dict[str, str] | None = None,
-                        delta: bool = False, max_shard_size: int | str = "5GB") -> Path:
-        """A self-contained folder: config.json, model.safetensors (bridge and heads), vision/ (open_clip
-        layout), llm/ (transformers layout, LoRA merged), tokenizer/, plus `extra_files` (name -> text).
+                        delta: bool = False, merge_lora: bool = False, max_shard_size: int | str = "5GB") -> Path:
+        """A self-contained folder: config.json, model.safetensors (bridge, heads and the LoRA adapter), vision/
+        (open_clip layout), llm/ (transformers layout, the base weights as trained), tokenizer/, plus
+        `extra_files` (name -> text). `merge_lora` folds the adapter into llm/ instead (a plain transformers
+        LM, faster to run; equal to the unmerged model within float rounding).
         `delta`: only what training changed (bridge, heads, LoRA adapter, trained embeddings) in
         model.safetensors, and a config naming the base encoder, LM and tokenizers as training did (hub ids
         or paths), which `from_pretrained` loads first. Written into a temporary folder and renamed, so a kill
         never leaves a half-written release. model.safetensors is split into model-0000k-of-0000n.safetensors
         + model.safetensors.index.json (the transformers layout) past `max_shard_size`."""
         folder = Path(folder)
-        tmp = folder.with_name(f".{folder.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = staging_folder(folder)
         tmp.mkdir(parents=True)
         if delta:
             return self._save_delta(tmp, folder, extra_files or {}, max_shard_size)
+        keep_adapter = self.cfg.llm.lora_r > 0 and not merge_lora
         self.vision.save(tmp / RELEASE_VISION)
-        llm = self.llm.merged_model()
-        llm.save_pretrained(tmp / RELEASE_LLM)
+        if keep_adapter:
+            self.llm.save_base(tmp / RELEASE_LLM)
+        else:
+            self.llm.merged_model().save_pretrained(tmp / RELEASE_LLM)
         # The tokenizer gets its own folder: next to a model config.json, transformers' AutoTokenizer
         # would swap a generic tokenizer.json for the model type's own class and pre-tokenizer.
         self.tokenizer.save_pretrained(tmp / RELEASE_TOKENIZER)
         if self.bridge_tokenizer is not None:
             self.bridge_tokenizer.save_pretrained(tmp / RELEASE_BRIDGE_TOKENIZER)
         own = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()
-               if not k.startswith(("vision.", "llm."))}
+               if not k.startswith(("vision.", "llm.")) or (keep_adapter and "lora_" in k)}
         _save_weights(own, tmp, max_shard_size)
-        (tmp / "config.json").write_text(json.dumps(release_config(self.cfg), indent=2, ensure_ascii=False) + "\n")
+        (tmp / "config.json").write_text(json.dumps(release_config(self.cfg, keep_adapter), indent=2,
+                                                    ensure_ascii=False) + "\n")
         if self.cfg.data.templates:  # a user's prompt templates travel with the model they trained
             shutil.copyfile(self.cfg.data.templates, tmp / RELEASE_TEMPLATES)
-        for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-        return folder
+        return publish_folder(tmp, folder, extra_files or {})
 
     def _save_delta(self, tmp: Path, folder: Path, extra_files: dict[str, str], max_shard_size: int | str) -> Path:
         trainable = set(self.trainable_state_dict())
@@ -383,12 +383,7 @@ class VisionLLM(nn.Module):
             raw["data"]["templates"] = RELEASE_TEMPLATES
         (tmp / "config.json").write_text(json.dumps(raw, indent=2, ensure_ascii=False) + "\n")
         (tmp / RELEASE_FORM).write_text(json.dumps({"form": "delta"}) + "\n")
-        for name, text in extra_files.items():
-            (tmp / name).write_text(text)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-        return folder
+        return publish_folder(tmp, folder, extra_files)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> "VisionLLM":
@@ -396,8 +391,8 @@ class VisionLLM(nn.Module):
         config_path = folder / "config.json"
         if not config_path.is_file():
             raise FileNotFoundError(f"{folder} is not a release folder: config.json is missing")
+        raw = read_release_config(folder)
         check_weight_files(folder)
-        raw = json.loads(config_path.read_text())
         if (folder / RELEASE_FORM).is_file():  # delta: the base parts load from where training found them
             if raw.get("data", {}).get("templates"):
                 raw["data"]["templates"] = str(folder / RELEASE_TEMPLATES)
@@ -415,7 +410,9 @@ class VisionLLM(nn.Module):
         if raw.get("data", {}).get("templates"):
             raw["data"]["templates"] = str(folder / RELEASE_TEMPLATES)
         model = cls(config_from_dict(raw))
-        model._load_own(folder, base=("vision.", "llm."), allowed=set())
+        # An unmerged release rebuilds the LoRA wrapper from its config; the adapter weights are the only
+        # trainable ones inside the base parts (its embeddings, trained or not, are in llm/).
+        model._load_own(folder, base=("vision.", "llm."), allowed=set(model.trainable_state_dict()))
         return model.eval()
 
     def _load_own(self, folder: Path, base: tuple[str, ...], allowed: set[str]) -> None:
@@ -436,6 +433,33 @@ RELEASE_WEIGHTS = "model.safetensors"
 RELEASE_TEMPLATES = "templates.yaml"
 RELEASE_FORM = "delta.json"  # present only in a delta release
 RELEASE_INDEX = "model.safetensors.index.json"  # present only when the weights are sharded
+
+
+def read_release_config(folder: Path) -> dict:
+    """config.json of a native release; a transformers BLIP-2 export is named as such, in one line."""
+    raw = json.loads((folder / "config.json").read_text())
+    if raw.get("model_type") == "blip-2":
+        raise InputError(f"{folder} is a Blip2ForConditionalGeneration export (--format hf-blip2): load it with "
+                         "transformers, or use the native release")
+    return raw
+
+
+def staging_folder(folder: Path) -> Path:
+    """Where a release is written before it is renamed into place (emptied of any earlier attempt)."""
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    return tmp
+
+
+def publish_folder(tmp: Path, folder: Path, extra_files: dict[str, str]) -> Path:
+    """Write `extra_files` (name -> text) into `tmp`, then rename it to `folder`: a kill never leaves a
+    half-written release, and an earlier one stays whole until the new one is complete."""
+    for name, text in extra_files.items():
+        (tmp / name).write_text(text)
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    return folder
 
 
 def _save_weights(state: dict[str, torch.Tensor], folder: Path, max_shard_size: int | str) -> None:
@@ -482,13 +506,15 @@ def _unique_where_unknown(image_ids: torch.Tensor) -> torch.Tensor:
     return torch.where(image_ids < 0, own, image_ids)
 
 
-def release_config(cfg: Config) -> dict:
-    """The config as stored in a release: the parts point into the folder itself, LoRA is merged."""
+def release_config(cfg: Config, keep_adapter: bool = False) -> dict:
+    """The config as stored in a release: the parts point into the folder itself; LoRA is merged unless
+    `keep_adapter` (its weights are then in model.safetensors)."""
     cfg = dataclasses.replace(
         cfg,
         vision=dataclasses.replace(cfg.vision, name=f"local-dir:{RELEASE_VISION}", pretrained="", model_config_dir="",
                                    visual_weights=f"{RELEASE_VISION}/visual.safetensors"),
-        llm=dataclasses.replace(cfg.llm, name=RELEASE_LLM, tokenizer=RELEASE_TOKENIZER, lora_r=0, train_embeddings=False),
+        llm=dataclasses.replace(cfg.llm, name=RELEASE_LLM, tokenizer=RELEASE_TOKENIZER,
+                                lora_r=cfg.llm.lora_r if keep_adapter else 0, train_embeddings=False),
         # The bridge weights are in model.safetensors: nothing is initialised from elsewhere again.
         bridge=dataclasses.replace(cfg.bridge, init_from="",
                                    tokenizer=RELEASE_BRIDGE_TOKENIZER if cfg.bridge.text_branch else ""),
