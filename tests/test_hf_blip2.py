@@ -152,6 +152,12 @@ def test_the_lm_logits_match_and_the_image_token_row_is_inert(tiny_parts, towers
     assert theirs.shape[:2] == mine.shape[:2] and theirs.shape[2] == mine.shape[2] + 1
     assert (theirs[..., :-1] - mine).abs().max() < 1e-4
     assert torch.allclose(theirs[..., -1], mine.mean(dim=-1), atol=1e-4)
+    # A native release converts too, to the same weights (its adapter merged on the way).
+    assert main(["export", str(run), "--out", str(tmp_path / "native")]) == 0
+    assert main(["export", str(tmp_path / "native"), "--out", str(tmp_path / "hf2"), "--format", "hf-blip2"]) == 0
+    again = Blip2ForConditionalGeneration.from_pretrained(tmp_path / "hf2").state_dict()
+    assert set(again) == set(hf.state_dict())
+    assert all(torch.allclose(again[k], v, atol=1e-6) for k, v in hf.state_dict().items())
     # our own commands name the folder for what it is, in one line
     capsys.readouterr()
     image = str(_images(tmp_path, 1)[0])

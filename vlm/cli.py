@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="where results.json and report.md go (default: next to the model)")
 
     ex = sub.add_parser("export", help="write a release folder from a run or checkpoint")
-    ex.add_argument("checkpoint", help="a run folder (uses its latest checkpoint) or a checkpoint folder")
+    ex.add_argument("checkpoint", help="a run folder (uses its latest checkpoint), a checkpoint folder, or a "
+                    "native release (to merge its adapter or convert it to hf-blip2)")
     ex.add_argument("--out", required=True)
     ex.add_argument("--results", help="results.json whose scores go into the model card")
     ex.add_argument("--delta", action="store_true", help="only the trained weights (bridge, heads, LoRA adapter) "
@@ -245,9 +246,9 @@ def _model_config_path(path: Path) -> Path:
     from vlm.release import resolve_checkpoint
 
     if _is_release(path):
-        from vlm.model.vlm import read_release_config
+        from vlm.model.vlm import release_model_config
 
-        read_release_config(path)  # a transformers BLIP-2 export is refused here
+        release_model_config(path)  # a transformers BLIP-2 export is refused here
         return path / "config.json"
     return resolve_checkpoint(path) / "config.json"
 
@@ -292,16 +293,20 @@ def cmd_eval(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from vlm.release import export_release, load_from_checkpoint, resolve_checkpoint
+    from vlm.release import export_release
 
     if args.delta and (args.merge_lora or args.format != "native"):
         raise ConfigError("--delta keeps the LoRA adapter apart in the native format: drop --merge-lora/--format")
     results = json.loads(Path(args.results).read_text()) if args.results else None
-    if args.format == "hf-blip2":  # what the checkpoint's config rules out fails before any weights load
+    source = Path(args.checkpoint)
+    if args.format == "hf-blip2":  # what the model's config rules out fails before any weights load
         from vlm.hf_blip2 import check_config
+        from vlm.model.vlm import release_model_config
+        from vlm.release import resolve_checkpoint
 
-        check_config(load_config(resolve_checkpoint(args.checkpoint) / "config.json"))
-    model = load_from_checkpoint(args.checkpoint)
+        check_config(release_model_config(source) if _is_release(source)
+                     else load_config(resolve_checkpoint(source) / "config.json"))
+    model = _load_model(source, None)
     folder = export_release(model, args.out, results, delta=args.delta, merge_lora=args.merge_lora,
                             form=args.format, max_shard_size=args.max_shard_size)
     print(f"release: {folder}")

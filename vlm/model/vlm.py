@@ -388,30 +388,13 @@ class VisionLLM(nn.Module):
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> "VisionLLM":
         folder = Path(folder)
-        config_path = folder / "config.json"
-        if not config_path.is_file():
-            raise FileNotFoundError(f"{folder} is not a release folder: config.json is missing")
-        raw = read_release_config(folder)
+        cfg = release_model_config(folder)
         check_weight_files(folder)
         if (folder / RELEASE_FORM).is_file():  # delta: the base parts load from where training found them
-            if raw.get("data", {}).get("templates"):
-                raw["data"]["templates"] = str(folder / RELEASE_TEMPLATES)
-            cfg = config_from_dict(raw)
             check_paths(cfg)
-            model = cls(cfg)
-            model._load_own(folder, base=("vision.", "llm."), allowed=set(model.trainable_state_dict()))
-            return model.eval()
-        raw["vision"]["name"] = f"local-dir:{folder / RELEASE_VISION}"
-        raw["vision"]["visual_weights"] = str(folder / RELEASE_VISION / "visual.safetensors")
-        raw["llm"]["name"] = str(folder / RELEASE_LLM)
-        raw["llm"]["tokenizer"] = str(folder / RELEASE_TOKENIZER)
-        if raw["bridge"].get("tokenizer"):
-            raw["bridge"]["tokenizer"] = str(folder / RELEASE_BRIDGE_TOKENIZER)
-        if raw.get("data", {}).get("templates"):
-            raw["data"]["templates"] = str(folder / RELEASE_TEMPLATES)
-        model = cls(config_from_dict(raw))
-        # An unmerged release rebuilds the LoRA wrapper from its config; the adapter weights are the only
-        # trainable ones inside the base parts (its embeddings, trained or not, are in llm/).
+        model = cls(cfg)
+        # The adapter of an unmerged or delta release is rebuilt from the config and is, with a delta's trained
+        # embeddings, the only trainable weight inside the base parts that model.safetensors holds.
         model._load_own(folder, base=("vision.", "llm."), allowed=set(model.trainable_state_dict()))
         return model.eval()
 
@@ -435,13 +418,25 @@ RELEASE_FORM = "delta.json"  # present only in a delta release
 RELEASE_INDEX = "model.safetensors.index.json"  # present only when the weights are sharded
 
 
-def read_release_config(folder: Path) -> dict:
-    """config.json of a native release; a transformers BLIP-2 export is named as such, in one line."""
+def release_model_config(folder: Path) -> Config:
+    """The config of a native release, its parts pointing into the folder (a delta's base parts stay where
+    training found them); a transformers BLIP-2 export is named as such, in one line."""
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} is not a release folder: config.json is missing")
     raw = json.loads((folder / "config.json").read_text())
     if raw.get("model_type") == "blip-2":
         raise InputError(f"{folder} is a Blip2ForConditionalGeneration export (--format hf-blip2): load it with "
                          "transformers, or use the native release")
-    return raw
+    if raw.get("data", {}).get("templates"):
+        raw["data"]["templates"] = str(folder / RELEASE_TEMPLATES)
+    if not (folder / RELEASE_FORM).is_file():
+        raw["vision"]["name"] = f"local-dir:{folder / RELEASE_VISION}"
+        raw["vision"]["visual_weights"] = str(folder / RELEASE_VISION / "visual.safetensors")
+        raw["llm"]["name"] = str(folder / RELEASE_LLM)
+        raw["llm"]["tokenizer"] = str(folder / RELEASE_TOKENIZER)
+        if raw["bridge"].get("tokenizer"):
+            raw["bridge"]["tokenizer"] = str(folder / RELEASE_BRIDGE_TOKENIZER)
+    return config_from_dict(raw)
 
 
 def staging_folder(folder: Path) -> Path:
