@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-
 from types import SimpleNamespace
 
 import pytest
@@ -20,9 +19,9 @@ from transformers import Blip2ForConditionalGeneration, Blip2Processor, Blip2Vis
 from data_prep.synthetic import generate_scenes, render
 from vlm.cli import main
 from vlm.config import ConfigError, VisionConfig
+from vlm.data.templates import caption_prompt, vqa_prompt
 from vlm.model.blip2_vision import blip2_vision_tower
 from vlm.model.vision import ImageEncoder
-from vlm.data.templates import caption_prompt, vqa_prompt
 from vlm.release import load_from_checkpoint
 from vlm.train.trainer import train
 
@@ -196,7 +195,7 @@ def test_mblips_eva01_g_14_maps_onto_blip2s_own_vision_config():
     blip2 = Blip2VisionConfig()
     for key, value in tower.config.items():
         assert getattr(blip2, key) == value, key
-    model_keys = {k for k in Blip2VisionModel(Blip2VisionConfig(**dict(tower.config, num_hidden_layers=2))).state_dict()}
+    model_keys = set(Blip2VisionModel(Blip2VisionConfig(**dict(tower.config, num_hidden_layers=2))).state_dict())
     layer_keys = {k for k in tower.state if not k.startswith("encoder.layers.") or k.startswith("encoder.layers.0.")}
     assert layer_keys | {"post_layernorm.weight", "post_layernorm.bias"} == \
         {k for k in model_keys if not k.startswith("encoder.layers.1.")}

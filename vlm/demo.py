@@ -83,12 +83,13 @@ def run_demo(cfg: Config, progress: bool = True) -> dict:
     t = time.time()
     release_dir = export_release(result.model, out_dir / "release", results)
     reloaded = VisionLLM.from_pretrained(release_dir)
-    image = reloaded.vision.preprocess(_first_val_image(val_urls)).unsqueeze(0)
+    picture = _first_val_image(val_urls)
+    image = reloaded.vision.preprocess(picture).unsqueeze(0)
     lang = cfg.data.languages[-1]
     reloaded_caption = reloaded.generate(image, [caption_prompt(lang)], max_new_tokens=cfg.eval.max_new_tokens)[0]
     trained_caption = result.model.generate(image, [caption_prompt(lang)], max_new_tokens=cfg.eval.max_new_tokens)[0]
-    hf_blip2 = _hf_blip2_release(result.model, out_dir, results, _first_val_image(val_urls), caption_prompt(lang),
-                                 trained_caption, cfg.eval.max_new_tokens)
+    hf_blip2 = _hf_blip2_release(result.model, out_dir, results, picture, caption_prompt(lang), trained_caption,
+                                 cfg.eval.max_new_tokens)
     stage("release", t)
 
     timings["total"] = round(time.time() - start, 1)

@@ -19,7 +19,8 @@ import tempfile
 from pathlib import Path
 
 import torch
-from transformers import AddedToken, AutoTokenizer, Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, CLIPImageProcessor
+from transformers import (AddedToken, AutoTokenizer, Blip2Config, Blip2ForConditionalGeneration, Blip2Processor,
+                          CLIPImageProcessor)
 
 from vlm.config import Config, ConfigError
 from vlm.model.blip2_vision import blip2_vision_tower, check_architecture
@@ -93,7 +94,8 @@ def export_hf_blip2(model: VisionLLM, out_dir: str | Path, extra_files: dict[str
     lm = model.llm.merged_model()
     lm_state, vocab_rows = _language_model_state(lm, image_token_id)
     text_config = lm.config.to_dict()
-    text_config.update(vocab_size=vocab_rows, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    text_config.update(vocab_size=vocab_rows, pad_token_id=tokenizer.pad_token_id,
+                       eos_token_id=tokenizer.eos_token_id)
     qformer = blip2_qformer_config(model.bridge, model.cfg.bridge.cross_attention_freq)
     config = Blip2Config(vision_config=vision.config, qformer_config=qformer["qformer_config"],
                          text_config=text_config, num_query_tokens=qformer["num_query_tokens"],
@@ -122,6 +124,7 @@ def usage_section(model: VisionLLM) -> list[str]:
     from vlm.data.templates import caption_prompt, templates_for, vqa_prompt
 
     templates = templates_for(model.cfg.data)
+    first_prompt = json.dumps(caption_prompt(model.cfg.data.languages[0], templates=templates), ensure_ascii=False)
     lines = [
         "## Use with transformers", "",
         "```python",
@@ -130,13 +133,14 @@ def usage_section(model: VisionLLM) -> list[str]:
         "",
         "processor = Blip2Processor.from_pretrained(PATH)",
         "model = Blip2ForConditionalGeneration.from_pretrained(PATH)",
-        f"inputs = processor(images=Image.open(IMAGE), text={json.dumps(caption_prompt(model.cfg.data.languages[0], templates=templates), ensure_ascii=False)}, return_tensors=\"pt\")",
+        f"inputs = processor(images=Image.open(IMAGE), text={first_prompt}, return_tensors=\"pt\")",
         "ids = model.generate(**inputs, max_new_tokens=32)",
     ]
     if model.llm.is_seq2seq:
         lines.append("print(processor.batch_decode(ids, skip_special_tokens=True)[0])")
     else:  # a decoder-only LM returns the prompt (with the image placeholders) before the new tokens
-        lines.append("print(processor.batch_decode(ids[:, inputs['input_ids'].shape[1]:], skip_special_tokens=True)[0])")
+        lines.append("print(processor.batch_decode(ids[:, inputs['input_ids'].shape[1]:], "
+                     "skip_special_tokens=True)[0])")
     lines += ["```", "", "The prompts it was trained with (captioning; VQA puts the question in the second):", "",
               "| lang | caption | VQA |", "|---|---|---|"]
     for lang in model.cfg.data.languages:

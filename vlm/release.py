@@ -113,7 +113,8 @@ def export_release(model: VisionLLM, out_dir: str | Path, results: dict | None =
         from vlm.hf_blip2 import export_hf_blip2, usage_section
 
         card = model_card(model.cfg, results, merge_lora=True, usage=usage_section(model))
-        return export_hf_blip2(model, out_dir, {"README.md": card, **results_file}, max_shard_size=max_shard_size)
+        return export_hf_blip2(model, out_dir, {"README.md": card, **results_file},
+                               max_shard_size=max_shard_size)
     extra = {"README.md": model_card(model.cfg, results, delta, merge_lora), **results_file}
     return model.save_pretrained(out_dir, extra_files=extra, delta=delta, merge_lora=merge_lora,
                                  max_shard_size=max_shard_size)
