@@ -17,7 +17,7 @@ import shutil
 import time
 from pathlib import Path
 
-from eval.report import write_report
+from eval.report import write_results
 from eval.runner import evaluate
 from eval.suites.loading import load_suite
 from vlm.config import check_paths, load_config
@@ -48,8 +48,7 @@ def run_bridge(variant: str, out: Path, overrides: list[str], reuse: bool) -> di
     results = evaluate(result.model, load_suite(cfg.eval, cfg.data), cfg.eval, progress=False)
     results["training"] = {"steps": result.steps, "seconds": round(train_seconds, 1),
                            "trainable_params": sum(p.numel() for p in result.model.parameters() if p.requires_grad)}
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
-    write_report(results, run_dir, run_dir / "metrics.jsonl")
+    write_results(results, run_dir, run_dir / "metrics.jsonl")
     return results
 
 

@@ -30,7 +30,8 @@ from PIL import Image
 from data_prep.shards import prepare_synthetic, write_shards
 from vlm.config import load_config
 from vlm.data.collate import Collator
-from vlm.data.pipeline import TrainStream, make_train_loader, resolve_shards
+from vlm.data.shards import resolve_shards
+from vlm.data.stream import TrainStream, make_train_loader
 from vlm.parts import train_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -25,6 +25,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM, T5Config, T5ForCondition
 from vlm.config import load_config
 from vlm.data.collate import Example
 from vlm.model.vlm import VisionLLM
+from vlm.objective.objective import Objective
 from vlm.parts import train_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,21 +65,22 @@ def time_variant(parts: dict, overrides: list[str], steps: int, bf16: bool) -> d
         f"vision.name=local-dir:{parts['clip']}", f"llm.name={parts[kind]}", f"llm.tokenizer={parts['tokenizer']}",
         *overrides])
     torch.manual_seed(0)
-    model = VisionLLM(cfg).train()
+    model = VisionLLM(cfg).load_weights()
+    objective = Objective(model).train()
     batch = batch_for(model, kind, cfg.train.batch_size)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    optimizer = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=1e-4)
     times = []
     for i in range(steps + 3):
         start = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = model(batch)["loss"]
+            loss = objective(batch)["loss"]
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if i >= 3:  # warm-up steps are not counted
             times.append(time.perf_counter() - start)
     median = statistics.median(times)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trainable = sum(p.numel() for p in objective.parameters() if p.requires_grad)
     return {"median_step_ms": round(1000 * median, 1), "samples_per_s": round(cfg.train.batch_size / median, 1),
             "trainable_params": trainable}
 

@@ -248,6 +248,15 @@ def _plot_per_language(languages: list[str], per_language: dict, path: Path) -> 
     return True
 
 
+def write_results(results: dict, out_dir: str | Path, metrics_path: Path | None = None) -> Path:
+    """The one results writer: out_dir/results.json, then the report beside it (see `write_report`); returns the
+    report's path. `vlm eval`, the trainer's periodic benchmark and the demo all write through it."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    return write_report(results, out_dir, metrics_path if metrics_path is not None and metrics_path.is_file() else None)
+
+
 def write_report(results: dict, out_dir: Path, metrics_path: Path | None = None) -> Path:
     """Write out_dir/report.md plus per_language.png and (given metrics_path) loss_curves.png;
     return the report path."""

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -25,10 +24,11 @@ from eval.captioning import caption_scores, language_fidelity, majority_caption
 from eval.retrieval import chance_recall, recall_at_k
 from eval.suites import Benchmark, BenchmarkImage
 from eval.vqa import accuracy_by_type, majority_baseline
+from vlm import distributed, precision
 from vlm.config import EvalConfig
+from vlm.data.images import BadImage, decode_image
 from vlm.data.templates import caption_prompt, templates_for, vqa_prompt
 from vlm.model.vlm import VisionLLM
-from vlm.train import distributed
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +49,8 @@ class _Images(Dataset):
         position = self.positions[i]
         image = self.images[position].image
         try:
-            if isinstance(image, Path):
-                with Image.open(image) as opened:
-                    image = opened.convert("RGB")
-            return position, self.transform(image)
-        except (OSError, ValueError, SyntaxError):  # what PIL raises on truncated or corrupt files
+            return position, self.transform(decode_image(image) if isinstance(image, Path) else image)
+        except (BadImage, FileNotFoundError):
             return position, None
 
 
@@ -314,12 +311,11 @@ def evaluate(model: VisionLLM, bench: Benchmark, cfg: EvalConfig, progress: bool
     model.eval()
     mode = bench.retrieval_captions if cfg.retrieval_captions == "auto" else cfg.retrieval_captions
     world = distributed.world_size()
-    rerank = cfg.itm_rerank_k > 0 and "itm" in model.loss_weights and "retrieval" in bench.tasks
+    rerank = cfg.itm_rerank_k > 0 and model.can_itm_rerank and "retrieval" in bench.tasks
     if rerank and world > 1:
         log.warning("eval.itm_rerank_k: ITM re-ranking runs in single-process evaluation only; skipped")
         rerank = False
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and model.device.type == "cuda")
-    with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
+    with precision.autocast(cfg.precision, model.device):
         part, vision_tokens = _run_part(model, bench, cfg, mode, rerank, progress)
     parts = distributed.gather_to_main(part)
     model.train(was_training)
@@ -351,7 +347,8 @@ def evaluate(model: VisionLLM, bench: Benchmark, cfg: EvalConfig, progress: bool
         "skipped_images": merged.skipped,
         "world_size": world,
         "decoding": {"caption": decoding_options(cfg, vqa=False), "vqa": decoding_options(cfg, vqa=True),
-                     "prompt_language": cfg.prompt_language, "precision": "bf16 autocast" if bf16 else "fp32"},
+                     "prompt_language": cfg.prompt_language,
+                     "precision": precision.describe(cfg.precision, model.device)},
         "per_language": per_language,
         "mean": language_means(per_language),
         "timings": {"eval": round(time.time() - start, 1)},

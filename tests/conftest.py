@@ -17,7 +17,7 @@ from transformers import T5Config, T5ForConditionalGeneration  # noqa: E402
 
 from data_prep.shards import prepare_synthetic  # noqa: E402
 from vlm.config import Config, DemoConfig, LLMConfig, load_config  # noqa: E402
-from vlm.data.pipeline import resolve_shards  # noqa: E402
+from vlm.data.shards import resolve_shards  # noqa: E402
 from vlm.model.llm import load_tokenizer  # noqa: E402
 from vlm.parts import make_clip, make_language_model  # noqa: E402
 

@@ -15,7 +15,7 @@ from vlm.train.trainer import train
 def main() -> None:
     config, result_path, *overrides = sys.argv[1:]
     result = train(load_config(config, overrides))
-    state = {k: v.float() for k, v in result.model.trainable_state_dict().items()}
+    state = {k: v.detach().float() for k, v in result.objective.named_parameters() if v.requires_grad}
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, state)
     if dist.get_rank() == 0:

@@ -15,8 +15,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from vlm.losses import ContrastiveLoss, ItcLoss
-from vlm.train import distributed
+from vlm import distributed
+from vlm.objective.losses import ContrastiveLoss, ItcLoss
 
 PER_RANK = 3  # B
 QUERIES = 4  # Q

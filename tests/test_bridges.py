@@ -12,21 +12,23 @@ from eval.report import write_report
 from eval.retrieval import recall_at_k
 from eval.runner import evaluate, rerank_with_itm, retrieval_texts
 from eval.suites.loading import load_suite
-from vlm.data.pipeline import fixed_batches, resolve_shards
+from vlm.data.shards import resolve_shards
+from vlm.data.stream import fixed_batches
 from vlm.train.metrics import read_metrics
 from vlm.train.trainer import train
 
 BATCH = 8
 
 
-def _val_terms(model, cfg) -> dict[str, float]:
+def _val_terms(objective, cfg) -> dict[str, float]:
+    model = objective.model
     batches = fixed_batches(resolve_shards(cfg.data.val, "val"), cfg.data, model.vision.preprocess, model.collator(),
                             batch_size=BATCH, max_batches=3, seed=1)
     sums: dict[str, float] = {}
     torch.manual_seed(0)
     with torch.no_grad():
         for batch in batches:
-            for name, value in model(batch).items():
+            for name, value in objective(batch).items():
                 sums[name] = sums.get(name, 0.0) + float(value) / len(batches)
     return sums
 
@@ -35,8 +37,9 @@ def _val_terms(model, cfg) -> dict[str, float]:
 def test_every_bridge_beats_chance_in_a_short_run(tiny_parts, tmp_path, bridge):
     cfg = tiny_parts.config(tmp_path, f"bridge.type={bridge}", "train.max_steps=100", "train.lr=3e-3",
                             "train.warmup_steps=2", "train.log_every=10")
-    model = train(cfg).model
-    terms = _val_terms(model, cfg)
+    result = train(cfg)
+    model = result.model
+    terms = _val_terms(result.objective, cfg)
     chance = math.log(BATCH)  # a contrastive loss that cannot tell the pairs apart
     assert terms["contrastive"] < chance - 0.2, terms
     if bridge == "qformer":
@@ -76,9 +79,11 @@ def test_moe_contrastive_image_side_never_reads_the_prompt(tiny_parts, tmp_path)
     retrieval, so neither the prompt nor its language changes them."""
     from vlm.data.collate import Example
     from vlm.model.vlm import VisionLLM
+    from vlm.objective.objective import Objective
 
     torch.manual_seed(0)
-    model = VisionLLM(tiny_parts.config(tmp_path, "bridge.type=moe")).eval()
+    model = VisionLLM(tiny_parts.config(tmp_path, "bridge.type=moe")).load_weights().eval()
+    objective = Objective(model).eval()
     with torch.no_grad():  # make the router and experts matter
         for p in model.bridge.parameters():
             p.add_(torch.randn_like(p) * 0.5)
@@ -86,13 +91,13 @@ def test_moe_contrastive_image_side_never_reads_the_prompt(tiny_parts, tmp_path)
     captions = ["a small red circle on the left", "ein großer blauer Stern oben", "左边有一个小的红色圆形"]
     langs = ["en", "de", "zh"]
 
-    def batch(prompts: list[str]) -> dict:
+    def batch(prompts: list[str]):
         return model.collator()([Example(img, p, "x", c, lang, "vqa") for img, p, c, lang in
                                  zip(images, prompts, captions, langs)])
 
     with torch.no_grad():
-        a = model(batch(["Question: how many circles? Answer:", "Frage: Welche Farbe? Antwort:", "问题：几个？ 回答："]))
-        b = model(batch(["Caption in English:", "Caption in English:", "Caption in English:"]))
+        a = objective(batch(["Question: how many circles? Answer:", "Frage: Welche Farbe? Antwort:", "问题：几个？ 回答："]))
+        b = objective(batch(["Caption in English:", "Caption in English:", "Caption in English:"]))
     assert a["contrastive"].item() == pytest.approx(b["contrastive"].item(), abs=1e-6)
     assert a["lm"].item() != pytest.approx(b["lm"].item(), abs=1e-6)  # the LM path does read the prompt
     assert torch.allclose(model.encode_image(images), model.contrastive_head.image(

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from vlm.cli import main
-from vlm.model.vlm import VisionLLM
+from vlm.release import from_pretrained
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,5 +58,5 @@ def test_short_demo_end_to_end(tmp_path, capsys):
     # the parts were saved in their libraries' formats where the config points
     assert (tmp_path / "parts/clip/open_clip_config.json").is_file()
     assert (tmp_path / "parts/lm/config.json").is_file() and (tmp_path / "parts/tokenizer/tokenizer.json").is_file()
-    model = VisionLLM.from_pretrained(run / "release")
+    model = from_pretrained(run / "release")
     assert model.cfg.data.languages == ["en", "hi", "zh", "ar"]

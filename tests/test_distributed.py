@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from vlm.train.checkpoint import load_checkpoint
+from vlm.train.checkpoint import read_training_state
 from vlm.train.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +33,7 @@ def test_ddp_ranks_end_with_identical_weights(tiny_parts, tmp_path):
     # rank 0 wrote the metrics (averaged over ranks) and one checkpoint with both ranks' data positions
     rows = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "train"]
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
-    _, state = load_checkpoint(out / "checkpoints" / "step-0000005")
+    state = read_training_state(out / "checkpoints" / "step-0000005")
     assert len(state["ranks"]) == 2
     assert [r["data"]["batches"] for r in state["ranks"]] == [10, 10]  # 5 steps x grad_accum 2 per rank
 

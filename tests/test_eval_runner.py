@@ -19,7 +19,9 @@ from eval.runner import decoding_options, evaluate, language_means
 from eval.suites import Benchmark, BenchmarkImage
 from eval.suites.loading import load_suite
 from vlm.cli import main
-from vlm.data.pipeline import read_samples, resolve_shards
+from vlm.cli.train import periodic_benchmark
+from vlm.data.records import read_samples
+from vlm.data.shards import resolve_shards
 from vlm.model.vlm import VisionLLM
 from vlm.train.metrics import read_metrics
 from vlm.train.trainer import train
@@ -31,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def model_and_cfg(tiny_parts, tmp_path_factory):
     cfg = tiny_parts.config(tmp_path_factory.mktemp("run"), "eval.max_images=10", "eval.languages=[en,zh]")
     torch.manual_seed(0)
-    return VisionLLM(cfg).eval(), cfg
+    return VisionLLM(cfg).load_weights().eval(), cfg
 
 
 def test_demo_suite_results_shape_means_and_protocol(model_and_cfg):
@@ -131,7 +133,7 @@ def test_generation_uses_the_kv_cache_and_config_decoding(model_and_cfg):
 def test_trainer_runs_the_benchmark_periodically(tiny_parts, tmp_path):
     cfg = tiny_parts.config(tmp_path / "run", "train.max_steps=3", "train.benchmark_every=2", "eval.max_images=6",
                             "eval.languages=[en]")
-    train(cfg)
+    train(cfg, benchmark=periodic_benchmark(cfg))  # what `vlm train` composes
     for step in (2, 3):  # every 2 steps, and at the end
         results = json.loads((tmp_path / "run" / "eval" / f"step-{step}" / "results.json").read_text())
         assert results["n_images"] == 6 and results["languages"] == ["en"]

@@ -22,7 +22,7 @@ from vlm.config import ConfigError, VisionConfig
 from vlm.data.templates import caption_prompt, vqa_prompt
 from vlm.model.blip2_vision import blip2_vision_tower
 from vlm.model.vision import ImageEncoder
-from vlm.release import load_from_checkpoint
+from vlm.train.checkpoint import load_trained_model
 from vlm.train.trainer import train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,7 +95,7 @@ def test_transformers_loads_the_export_and_gives_the_same_outputs(tiny_parts, to
     run = _run(tiny_parts, towers, tmp_path / "run", tower, layer, kind=kind)
     assert main(["export", str(run), "--out", str(tmp_path / "hf"), "--format", "hf-blip2"]) == 0
     folder = tmp_path / "hf"
-    ours = load_from_checkpoint(run)
+    ours = load_trained_model(run)
     hf = Blip2ForConditionalGeneration.from_pretrained(folder).eval()
     paths = _images(tmp_path)
     pixels = torch.stack([ours.vision.preprocess(Image.open(p).convert("RGB")) for p in paths])
@@ -136,7 +136,7 @@ def test_the_lm_logits_match_and_the_image_token_row_is_inert(tiny_parts, towers
     assert main(["export", str(run), "--out", str(tmp_path / "hf"), "--format", "hf-blip2", "--max-shard-size",
                  "100KB"]) == 0
     assert (tmp_path / "hf" / "model.safetensors.index.json").is_file()
-    ours = load_from_checkpoint(run)
+    ours = load_trained_model(run)
     processor = Blip2Processor.from_pretrained(tmp_path / "hf")
     hf = Blip2ForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
     image_token = processor.tokenizer.convert_tokens_to_ids("<image>")

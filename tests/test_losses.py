@@ -14,7 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vlm.losses import ContrastiveLoss, ItcLoss, itg_loss, mean_token_features, sample_itm_negatives
+from vlm.model.heads import mean_token_features
+from vlm.objective.losses import ContrastiveLoss, ItcLoss, itg_loss, sample_itm_negatives
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,6 +13,7 @@ from vlm.config import LLMConfig
 from vlm.data.collate import Collator, Example
 from vlm.model.llm import IGNORE_INDEX, load_tokenizer
 from vlm.model.vlm import VisionLLM
+from vlm.objective.objective import Objective
 
 
 def _examples(n: int) -> list[Example]:
@@ -26,7 +27,7 @@ def _examples(n: int) -> list[Example]:
 @pytest.fixture(scope="module")
 def causal(tiny_parts, tmp_path_factory):
     torch.manual_seed(0)
-    return VisionLLM(tiny_parts.config(tmp_path_factory.mktemp("run")))
+    return VisionLLM(tiny_parts.config(tmp_path_factory.mktemp("run"))).load_weights()
 
 
 def test_image_encoder_is_frozen_and_returns_tokens(causal):
@@ -46,10 +47,10 @@ def test_causal_labels_mask_prompt_and_padding(causal):
     for row in range(3):
         prompt_ids, target_ids = collator.encode(*[(e.prompt, e.target) for e in _examples(3)][row])
         n = len(prompt_ids) + len(target_ids)
-        assert batch["input_ids"][row, :n].tolist() == prompt_ids + target_ids
-        assert batch["labels"][row, : len(prompt_ids)].eq(IGNORE_INDEX).all()
-        assert batch["labels"][row, len(prompt_ids) : n].tolist() == target_ids
-        assert batch["labels"][row, n:].eq(IGNORE_INDEX).all() and batch["attention_mask"][row, n:].eq(0).all()
+        assert batch.input_ids[row, :n].tolist() == prompt_ids + target_ids
+        assert batch.labels[row, : len(prompt_ids)].eq(IGNORE_INDEX).all()
+        assert batch.labels[row, len(prompt_ids) : n].tolist() == target_ids
+        assert batch.labels[row, n:].eq(IGNORE_INDEX).all() and batch.attention_mask[row, n:].eq(0).all()
         assert target_ids[-1] == causal.tokenizer.eos_token_id
 
 
@@ -59,21 +60,21 @@ def test_seq2seq_labels_are_the_target(tiny_parts):
     batch = collator(_examples(2))
     for row, example in enumerate(_examples(2)):
         prompt_ids, target_ids = collator.encode(example.prompt, example.target)
-        assert batch["input_ids"][row, : len(prompt_ids)].tolist() == prompt_ids
-        assert batch["labels"][row, : len(target_ids)].tolist() == target_ids
-        assert batch["labels"][row, len(target_ids) :].eq(IGNORE_INDEX).all()
+        assert batch.input_ids[row, : len(prompt_ids)].tolist() == prompt_ids
+        assert batch.labels[row, : len(target_ids)].tolist() == target_ids
+        assert batch.labels[row, len(target_ids) :].eq(IGNORE_INDEX).all()
 
 
 def test_causal_loss_is_the_target_tokens_only(causal):
     """The LM term equals a hand-computed CE over target positions, with the visual prefix masked."""
     causal.eval()
     batch = Collator(causal.tokenizer, "causal", 48)(_examples(3))
-    prefix = causal.visual(batch["images"]).visual_tokens
-    loss = causal.llm(prefix, batch["input_ids"], batch["attention_mask"], batch["labels"])
-    embeds = torch.cat([prefix, causal.llm.embed(batch["input_ids"])], 1)
-    mask = torch.cat([torch.ones(prefix.shape[:2], dtype=torch.long), batch["attention_mask"]], 1)
+    prefix = causal.visual(batch.images).visual_tokens
+    loss = causal.llm(prefix, batch.input_ids, batch.attention_mask, batch.labels)
+    embeds = torch.cat([prefix, causal.llm.embed(batch.input_ids)], 1)
+    mask = torch.cat([torch.ones(prefix.shape[:2], dtype=torch.long), batch.attention_mask], 1)
     logits = causal.llm.model(inputs_embeds=embeds, attention_mask=mask).logits[:, prefix.shape[1] :]
-    manual = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1),
+    manual = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), batch.labels[:, 1:].reshape(-1),
                              ignore_index=IGNORE_INDEX)
     assert loss.item() == pytest.approx(manual.item(), rel=1e-5)
 
@@ -81,32 +82,33 @@ def test_causal_loss_is_the_target_tokens_only(causal):
 @pytest.mark.parametrize("kind", ["causal", "seq2seq"])
 def test_forward_backward_reaches_only_trainable_parts(tiny_parts, tmp_path, kind):
     torch.manual_seed(0)
-    model = VisionLLM(tiny_parts.config(tmp_path, kind=kind))
-    model.train()
+    model = VisionLLM(tiny_parts.config(tmp_path, kind=kind)).load_weights()
+    objective = Objective(model)
+    objective.train()
     batch = model.collator()(_examples(4))
-    out = model(batch)
+    out = objective(batch)
     assert set(out) == {"loss", "lm", "contrastive", "itc", "itm", "itg"}
     assert out["loss"].item() == pytest.approx(sum(out[k].item() for k in out if k != "loss"), rel=1e-5)
     out["loss"].backward()
-    grads = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert any(n.startswith("bridge.") for n in grads)
+    grads = {n for n, p in objective.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    trainable = {n for n, p in objective.named_parameters() if p.requires_grad}
+    assert any(n.startswith("model.bridge.") for n in grads)
     assert any("lora_" in n for n in grads)
-    assert {"contrastive_loss.logit_scale", "itc_loss.logit_scale"} <= grads
-    assert {"bridge.itm_head.weight", "bridge.lm_head.dense.weight", "bridge.text_proj.weight"} <= grads
+    assert {"contrastive_loss.logit_scale", "itc_loss.logit_scale"} <= grads  # the objective's own temperatures
+    assert {"model.bridge.itm_head.weight", "model.bridge.lm_head.dense.weight", "model.bridge.text_proj.weight"} <= grads
     assert grads <= trainable
-    assert not any(n.startswith("vision.") for n in trainable)
+    assert not any(n.startswith("model.vision.") for n in trainable)
     frozen_llm = [n for n, p in model.llm.named_parameters() if not p.requires_grad]
     assert frozen_llm and not any("lora_" in n for n in frozen_llm)
     # train_embeddings (on in the demo config) makes only the input embedding table trainable in the LLM
-    assert any("embed" in n or "shared" in n for n in trainable if n.startswith("llm."))
-    assert model.visual(batch["images"]).visual_tokens.shape == (4, 4, model.llm.hidden_size)
+    assert any("embed" in n or "shared" in n for n in trainable if n.startswith("model.llm."))
+    assert model.visual(batch.images).visual_tokens.shape == (4, 4, model.llm.hidden_size)
 
 
 @pytest.mark.parametrize("kind", ["causal", "seq2seq"])
 def test_batched_generation_matches_single(tiny_parts, tmp_path, kind):
     torch.manual_seed(0)
-    model = VisionLLM(tiny_parts.config(tmp_path, kind=kind)).eval()
+    model = VisionLLM(tiny_parts.config(tmp_path, kind=kind)).load_weights().eval()
     images = torch.randn(3, 3, 32, 32)
     prompts = ["Caption in English:", "问题：有几个形状？ 回答：", "Frage: Welche Farbe hat der Kreis? Antwort:"]
     batched = model.generate(images, prompts, max_new_tokens=5, do_sample=False)
@@ -131,7 +133,7 @@ def test_retrieval_encoders_use_itc_max_over_queries(causal):
 
 @pytest.mark.parametrize("bridge", ["mlp", "moe"])
 def test_projector_bridges_retrieve_with_pooled_features(tiny_parts, tmp_path, bridge):
-    model = VisionLLM(tiny_parts.config(tmp_path, f"bridge.type={bridge}")).eval()
+    model = VisionLLM(tiny_parts.config(tmp_path, f"bridge.type={bridge}")).load_weights().eval()
     assert not model.uses_itc_retrieval and not model.has_text_branch
     img = model.encode_image(torch.randn(3, 3, 32, 32))
     txt = model.encode_text(["a red circle", "两个", "ein blauer Stern oben"])
@@ -156,8 +158,9 @@ def test_open_clip_name_plus_local_weights_file(tiny_parts, tmp_path):
     weights = tiny_parts.clip / "open_clip_model.safetensors"
     configs = Path(__file__).resolve().parent.parent / "configs" / "open_clip"
     cfg = VisionConfig(name="tiny-test-vit", pretrained=str(weights), model_config_dir=str(configs))
-    by_name = ImageEncoder(cfg)
-    by_dir = ImageEncoder(VisionConfig(name=f"local-dir:{tiny_parts.clip}"))
+    by_name, by_dir = ImageEncoder(cfg), ImageEncoder(VisionConfig(name=f"local-dir:{tiny_parts.clip}"))
+    by_name.load_weights()
+    by_dir.load_weights()
     saved = {k[len("visual."):]: v for k, v in load_file(weights).items() if k.startswith("visual.")}
     for key, value in by_name.visual.state_dict().items():
         assert torch.equal(value, saved[key]), key

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from vlm.config import BridgeConfig
-from vlm.model.projectors import MLPProjector, MoEProjector, load_balance_loss
+from vlm.model.bridges.mlp import MLPProjector
+from vlm.model.bridges.moe import MoEProjector, load_balance_loss
 
 DV, H, N, L, E = 6, 8, 5, 4, 3
 
@@ -41,7 +42,7 @@ def test_mlp_projector_is_linear_gelu_linear():
     x = torch.randn(2, N, DV)
     out = mlp(x, torch.randn(2, L, H))
     assert out.visual_tokens.shape == (2, N, H) and out.hidden is out.visual_tokens
-    assert out.router_probs is None and out.balance_loss is None
+    assert out.router_probs is None and out.losses == {}
     first, last = mlp.layers[0], mlp.layers[2]
     expected = F.gelu(x @ first.weight.T + first.bias) @ last.weight.T + last.bias
     torch.testing.assert_close(out.visual_tokens, expected, atol=1e-6, rtol=1e-6)
@@ -121,7 +122,7 @@ def test_no_text_or_all_padding_gives_uniform_weights_without_nan():
     none = moe(x)
     assert torch.allclose(none.router_probs, torch.full((4, E), 1 / E))
     assert torch.isfinite(none.visual_tokens).all()
-    assert none.balance_loss.item() == pytest.approx(1.0)
+    assert none.losses["moe_balance"].item() == pytest.approx(1.0)
 
 
 def test_router_depends_on_the_prompt():
@@ -196,9 +197,9 @@ def test_module_balance_loss_uses_its_routing():
         x, text, mask = inputs()
         out = moe(x, text, mask)
         chosen = out.router_probs.topk(top_k or 1, dim=-1).indices
-        assert out.balance_loss.ndim == 0
-        torch.testing.assert_close(out.balance_loss, load_balance_loss(out.router_probs, chosen))
-        out.balance_loss.backward()
+        assert out.losses["moe_balance"].ndim == 0
+        torch.testing.assert_close(out.losses["moe_balance"], load_balance_loss(out.router_probs, chosen))
+        out.losses["moe_balance"].backward()
         assert moe.router.weight.grad.abs().sum() > 0
 
 

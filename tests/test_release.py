@@ -11,19 +11,22 @@ from safetensors.torch import load_file
 
 from data_prep.synthetic import generate_scenes, render
 from vlm.cli import main
-from vlm.data.pipeline import fixed_batches, resolve_shards
+from vlm.data.shards import resolve_shards
+from vlm.data.stream import fixed_batches
 from vlm.data.templates import caption_prompt, vqa_prompt
 from vlm.model.vlm import VisionLLM
-from vlm.release import load_from_checkpoint
+from vlm.objective.objective import Objective
+from vlm.release import from_pretrained
+from vlm.train.checkpoint import load_trained_model, load_trained_objective
 from vlm.train.trainer import train
 
 
-def _lm_logits(model: VisionLLM, batch: dict) -> torch.Tensor:
+def _lm_logits(model: VisionLLM, batch) -> torch.Tensor:
     """The LM's logits over [visual prefix; prompt + target] (decoder logits for a seq2seq LM)."""
-    prefix = model.visual(batch["images"], batch["prompt_ids"], batch["prompt_mask"]).visual_tokens
-    embeds = torch.cat([prefix, model.llm.embed(batch["input_ids"])], dim=1)
-    mask = torch.cat([batch["attention_mask"].new_ones(prefix.shape[:2]), batch["attention_mask"]], dim=1)
-    labels = {"labels": batch["labels"]} if model.llm.is_seq2seq else {}
+    prefix = model.visual(batch.images, batch.prompt_ids, batch.prompt_mask).visual_tokens
+    embeds = torch.cat([prefix, model.llm.embed(batch.input_ids)], dim=1)
+    mask = torch.cat([batch.attention_mask.new_ones(prefix.shape[:2]), batch.attention_mask], dim=1)
+    labels = {"labels": batch.labels} if model.llm.is_seq2seq else {}
     return model.llm.model(inputs_embeds=embeds, attention_mask=mask, **labels).logits
 
 
@@ -35,9 +38,9 @@ def test_release_round_trip_gives_identical_outputs(tiny_parts, tmp_path, kind, 
     train(tiny_parts.config(run, "train.max_steps=3", "train.lr=3e-3", f"bridge.type={bridge}", kind=kind))
     assert main(["export", str(run), "--out", str(tmp_path / "release")]) == 0
     assert main(["export", str(run), "--out", str(tmp_path / "merged"), "--merge-lora"]) == 0
-    trained = load_from_checkpoint(run)
-    released = VisionLLM.from_pretrained(tmp_path / "release")
-    merged = VisionLLM.from_pretrained(tmp_path / "merged")
+    trained_objective = load_trained_objective(run).eval()
+    trained = trained_objective.model
+    released, merged = from_pretrained(tmp_path / "release"), from_pretrained(tmp_path / "merged")
     files = {p.name for p in (tmp_path / "release").iterdir()}
     assert {"config.json", "model.safetensors", "vision", "llm", "tokenizer", "README.md"} <= files
     assert any("lora_" in k for k in load_file(str(tmp_path / "release" / "model.safetensors")))
@@ -56,21 +59,24 @@ def test_release_round_trip_gives_identical_outputs(tiny_parts, tmp_path, kind, 
         assert (_lm_logits(merged, batch) - logits).abs().max() < 1e-5
         terms = {}
         for name, model in (("trained", trained), ("released", released), ("merged", merged)):
+            objective = Objective(model).eval()  # a release holds the network: the temperatures are training's
+            temperatures = {k: v for k, v in trained_objective.state_dict().items() if not k.startswith("model.")}
+            assert objective.load_state_dict(temperatures, strict=False).unexpected_keys == []
             torch.manual_seed(0)  # ITM draws its hard negatives at random
-            terms[name] = model(batch)
+            terms[name] = objective(batch)
     a, b, c = terms["trained"], terms["released"], terms["merged"]
     expected = {"qformer": {"loss", "lm", "contrastive", "itc", "itm", "itg"}, "moe": {"loss", "lm", "contrastive"}}
     assert set(a) == set(b) == set(c) == expected[bridge]
     for name in a:
         assert torch.equal(a[name], b[name]), name
         assert a[name].item() == pytest.approx(c[name].item(), rel=1e-5, abs=1e-6)
-    assert torch.allclose(trained.encode_image(batch["images"]), merged.encode_image(batch["images"]), atol=1e-5)
+    assert torch.allclose(trained.encode_image(batch.images), merged.encode_image(batch.images), atol=1e-5)
     texts = ["a small red circle on the left", "左边有一个小的红色圆形"]
     assert torch.allclose(trained.encode_text(texts), merged.encode_text(texts), atol=1e-5)
     prompts = [caption_prompt("de"), vqa_prompt("how many shapes are there?", "en")] * 3
-    generations = trained.generate(batch["images"], prompts, max_new_tokens=6)
-    assert released.generate(batch["images"], prompts, max_new_tokens=6) == generations
-    assert merged.generate(batch["images"], prompts, max_new_tokens=6) == generations
+    generations = trained.generate(batch.images, prompts, max_new_tokens=6)
+    assert released.generate(batch.images, prompts, max_new_tokens=6) == generations
+    assert merged.generate(batch.images, prompts, max_new_tokens=6) == generations
 
 
 def test_cli_caption_ask_and_eval_with_a_release(tiny_parts, tmp_path, capsys):
@@ -82,7 +88,7 @@ def test_cli_caption_ask_and_eval_with_a_release(tiny_parts, tmp_path, capsys):
     capsys.readouterr()
     assert main(["caption", str(tmp_path / "release"), str(image), "--lang", "zh", "--max-new-tokens", "4"]) == 0
     caption = capsys.readouterr().out.strip()
-    released = VisionLLM.from_pretrained(tmp_path / "release")
+    released = from_pretrained(tmp_path / "release")
     from PIL import Image
 
     pixels = released.vision.preprocess(Image.open(image).convert("RGB")).unsqueeze(0)
@@ -140,7 +146,7 @@ def test_batched_cli_python_lang_api_and_broken_inputs(tiny_parts, tmp_path, cap
     capsys.readouterr()
     assert main(["caption", str(release), *map(str, paths), "--lang", "hi", "--max-new-tokens", "4"]) == 0
     lines = capsys.readouterr().out.strip().split("\n")
-    model = VisionLLM.from_pretrained(release)
+    model = from_pretrained(release)
     from PIL import Image
 
     pixels = torch.stack([model.vision.preprocess(Image.open(p).convert("RGB")) for p in paths])
@@ -167,9 +173,11 @@ def test_batched_cli_python_lang_api_and_broken_inputs(tiny_parts, tmp_path, cap
     assert f"{weights}: not a readable safetensors file" in err and err.count("\n") == 1
     # A damaged checkpoint: export stops in one line too.
     checkpoint = next((run / "checkpoints").glob("step-*"))
-    (checkpoint / "trainable.safetensors").write_bytes(b"\x00" * 12)
+    (checkpoint / ".metadata").write_bytes(b"\x00" * 12)
     assert main(["export", str(run), "--out", str(tmp_path / "again")]) == 2
-    assert "trainable.safetensors: not a readable safetensors file" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{checkpoint / '.metadata'}: unreadable" in err and err.count("\n") == 1
+    assert not (tmp_path / "again").exists()
 
 
 @pytest.mark.parametrize("embeddings", [False, True])
@@ -187,19 +195,23 @@ def test_delta_release_holds_only_trained_weights_and_loads_the_base_parts(tiny_
     keys = [k for shard in shards for k in load_file(str(shard))]
     base = [k for k in keys if k.startswith(("vision.", "llm."))]
     assert base and all("lora_" in k or (embeddings and "embed" in k) for k in base)  # only what trained
-    trained, released = load_from_checkpoint(run), VisionLLM.from_pretrained(tmp_path / "delta")
+    trained_objective = load_trained_objective(run).eval()
+    trained, released = trained_objective.model, from_pretrained(tmp_path / "delta")
     assert any("lora" in k for k in released.state_dict())  # the adapter is kept, not merged
     batch = fixed_batches(resolve_shards(trained.cfg.data.val, "val"), trained.cfg.data, trained.vision.preprocess,
                           trained.collator(), batch_size=4, max_batches=1, seed=0)[0]
     with torch.no_grad():
         torch.manual_seed(0)
-        a = trained(batch)
+        a = trained_objective(batch)
         torch.manual_seed(0)
-        b = released(batch)
+        objective = Objective(released).eval()  # with training's temperatures: a release holds the network
+        temperatures = {k: v for k, v in trained_objective.state_dict().items() if not k.startswith("model.")}
+        objective.load_state_dict(temperatures, strict=False)
+        b = objective(batch)
     assert all(torch.equal(a[name], b[name]) for name in a)  # the same weights, the same graph
     prompts = [caption_prompt("zh")] * 4
-    assert trained.generate(batch["images"], prompts, max_new_tokens=5) == \
-        released.generate(batch["images"], prompts, max_new_tokens=5)
+    assert trained.generate(batch.images, prompts, max_new_tokens=5) == \
+        released.generate(batch.images, prompts, max_new_tokens=5)
     assert "A delta release" in (tmp_path / "delta" / "README.md").read_text()
     # a sharded release (an index, no model.safetensors) is a release to `vlm eval` too
     assert main(["eval", str(tmp_path / "delta"), "--out", str(tmp_path / "eval"), "eval.max_images=4",

@@ -16,7 +16,8 @@ from PIL import Image
 
 from data_prep.build_shards import KeyMaker, build_shards
 from data_prep.manifest import record_languages
-from vlm.data.pipeline import read_samples, resolve_shards
+from vlm.data.records import read_samples
+from vlm.data.shards import resolve_shards
 
 
 def _image(colour: tuple[int, int, int], fmt: str = "JPEG") -> bytes:

@@ -17,20 +17,11 @@ from PIL import Image
 
 from data_prep.manifest import SplitCounter, write_manifest
 from vlm.config import ConfigError, DataConfig, config_from_dict
-from vlm.data.pipeline import (
-    MATCH_POOL,
-    BadSamples,
-    ExampleMaker,
-    LanguageSampler,
-    StreamPosition,
-    TrainStream,
-    _sample_rng,
-    fixed_batches,
-    image_id,
-    manifest_language_counts,
-    resolve_shards,
-    stream_shards,
-)
+from vlm.data.bad_samples import BadSamples
+from vlm.data.examples import MATCH_POOL, ExampleMaker, image_id, sample_rng
+from vlm.data.language_sampling import LanguageSampler
+from vlm.data.shards import manifest_language_counts, resolve_shards, stream_shards
+from vlm.data.stream import StreamPosition, TrainStream, fixed_batches
 from vlm.data.templates import (
     TASK_FIELDS,
     TemplateError,
@@ -98,8 +89,10 @@ def _take(stream: TrainStream, n: int) -> list[dict]:
     return [next(it) for _ in range(n)]
 
 
-def _signature(batches: list[dict]) -> list[tuple]:
-    return [(e.image_id, e.lang, e.task, e.prompt, e.target, e.caption) for b in batches for e in b["examples"]]
+def _signature(batches: list) -> list[tuple]:
+    """What the examples of stream batches (or of collated inputs) teach, in order."""
+    return [(e.image_id, e.lang, e.task, e.prompt, e.target, e.caption)
+            for b in batches for e in getattr(b, "inputs", b)["examples"]]
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +132,7 @@ def test_rank_and_worker_come_from_the_environment(shards, monkeypatch):
     assert len(mine) == 2 and mine == stream_shards(shards, 0, 0, 1, 2, 1, 2)
     ids = {image_id(f"{Path(u).stem[1:]:0>2}{i:03d}") for u in mine for i in range(10)}
     batches = _take(stream, 2)  # 16 of the epoch's 20 samples
-    assert {e.image_id for b in batches for e in b["examples"]} <= ids
+    assert {e.image_id for b in batches for e in b.inputs["examples"]} <= ids
     # explicit arguments win over the environment
     assert _stream(shards, _cfg(), rank=0, world_size=1).rank == 0
 
@@ -158,7 +151,7 @@ def test_resampled_stream_serves_2_ranks_x_2_workers_from_one_shard(shards, monk
             monkeypatch.setenv("NUM_WORKERS", "2")
             stream = _stream(shards[:1], cfg, rank=rank, world_size=2)
             batches = _take(stream, 4)  # 32 samples: more than the shard holds
-            assert all(len(b["examples"]) == 8 for b in batches)
+            assert all(len(b.inputs["examples"]) == 8 for b in batches)
             assert _signature(batches) == _signature(_take(_stream(shards[:1], cfg, rank=rank, world_size=2), 4))
             seen[rank, worker] = _signature(batches)
     assert len({tuple(s) for s in seen.values()}) == 4  # each rank and worker reads its own order and choices
@@ -171,7 +164,7 @@ def test_resampled_stream_resumes_exactly(shards):
     cfg = _cfg(resampled=True, tasks=["caption", "vqa", "match"], task_weights=[1, 1, 1])
     straight = _take(_stream(shards[:3], cfg), 12)
     at = 5
-    position = StreamPosition(batches=at, consumed={0: straight[at - 1]["stream_consumed"]})
+    position = StreamPosition(batches=at, consumed={0: straight[at - 1].telemetry.consumed})
     assert _signature(_take(_stream(shards[:3], cfg, position=position), 12 - at)) == _signature(straight[at:])
 
 
@@ -202,17 +195,17 @@ def bad_shards(tmp_path_factory) -> list[str]:
 def test_each_bad_sample_is_skipped_and_counted_by_reason(bad_shards):
     stream = _stream(bad_shards, _cfg(languages=["en"], num_workers=0))
     batches = _take(stream, 12)  # about 3 epochs: the stream goes on past every bad sample and the cut shard
-    assert all(len(b["examples"]) == 8 for b in batches)
+    assert all(len(b.inputs["examples"]) == 8 for b in batches)
     counts = Counter()
     for b in batches:
-        counts.update(b["bad_samples"])
+        counts.update(b.telemetry.bad_samples)
     for reason in ("corrupt_image", "missing_json", "no_image", "bad_json", "empty_caption", "no_language",
                    "tar_error"):
         assert counts[reason] >= 1, (reason, counts)
-    consumed = batches[-1]["stream_consumed"]
-    assert consumed == 12 * 8 + sum(sum(b["bad_samples"].values()) - b["bad_samples"].get("tar_error", 0)
+    consumed = batches[-1].telemetry.consumed
+    assert consumed == 12 * 8 + sum(sum(b.telemetry.bad_samples.values()) - b.telemetry.bad_samples.get("tar_error", 0)
                                      for b in batches)
-    assert not any(b["language_rejected"] for b in batches)
+    assert not any(b.telemetry.rejected for b in batches)
 
 
 def test_bad_sample_warnings_are_rate_limited_without_sleeping(caplog):
@@ -263,9 +256,9 @@ def test_single_language_samples_reach_the_target_mix(skewed, alpha):
     assert stream.sampler.target == pytest.approx(target)
     n = 2400
     batches = _take(stream, n // 25)
-    realised = Counter(lang for b in batches for lang in b["langs"])
+    realised = Counter(lang for b in batches for lang in b.inputs["langs"])
     assert {lang: realised[lang] / n for lang in LANGS} == pytest.approx(target, abs=0.03)
-    rejected = sum(b["language_rejected"] for b in batches)
+    rejected = sum(b.telemetry.rejected for b in batches)
     assert rejected / (rejected + n) == pytest.approx(1 - stream.sampler.single_language_acceptance, abs=0.03)
     assert (rejected == 0) == (alpha == 1.0)
 
@@ -275,7 +268,7 @@ def test_samples_holding_every_language_reach_the_target_mix_without_rejection(a
     counts = {"en": 1000, "de": 1000, "fr": 1000}
     sampler = LanguageSampler(LANGS, counts, alpha)
     maker = ExampleMaker(_cfg(tasks=["caption"], task_weights=[1.0]), _transform, sampler=sampler)
-    plans = [maker.plan(f"k{i}", _record(i, LANGS), _sample_rng(0, 0, f"k{i}")) for i in range(3000)]
+    plans = [maker.plan(f"k{i}", _record(i, LANGS), sample_rng(0, 0, f"k{i}")) for i in range(3000)]
     assert all(not isinstance(p, str) for p in plans)  # none rejected
     realised = Counter(p.lang for p in plans)
     assert {lang: realised[lang] / 3000 for lang in LANGS} == pytest.approx(sampler.target, abs=0.03)
@@ -286,7 +279,7 @@ def test_temperature_reweights_languages_shared_unevenly():
     sampler = LanguageSampler(["en", "de"], {"en": 1000, "de": 400}, alpha=0.0)
     maker = ExampleMaker(_cfg(languages=["en", "de"], tasks=["caption"], task_weights=[1.0]), _transform,
                          sampler=sampler)
-    plans = [maker.plan(f"k{i}", _record(i, ["en", "de"] if i % 5 < 2 else ["en"]), _sample_rng(0, 0, f"k{i}"))
+    plans = [maker.plan(f"k{i}", _record(i, ["en", "de"] if i % 5 < 2 else ["en"]), sample_rng(0, 0, f"k{i}"))
              for i in range(5000)]
     langs = Counter(p.lang for p in plans if not isinstance(p, str))
     assert sampler.target == pytest.approx({"en": 0.5, "de": 0.5})
@@ -299,7 +292,7 @@ def test_without_manifest_counts_every_sample_keeps_a_uniform_choice(shards, cap
     assert sum("no per-language sample counts" in r.getMessage() for r in caplog.records) == 1
     assert stream.sampler.target == pytest.approx({lang: 1 / 3 for lang in LANGS})
     batches = _take(stream, 6)
-    assert not any(b["language_rejected"] for b in batches)
+    assert not any(b.telemetry.rejected for b in batches)
 
 
 # --- templates -----------------------------------------------------------------------------------------
@@ -325,7 +318,7 @@ def test_training_prompts_vary_unless_template_variants_is_off():
     records = [_record(i, LANGS) for i in range(300)]
     for variants in (True, False):
         maker = ExampleMaker(_cfg(template_variants=variants), _transform)
-        plans = [maker.plan(f"k{i}", r, _sample_rng(0, 0, f"k{i}")) for i, r in enumerate(records)]
+        plans = [maker.plan(f"k{i}", r, sample_rng(0, 0, f"k{i}")) for i, r in enumerate(records)]
         prompts = {p.prompt for p in plans if p.task == "caption" and p.lang == "de"}
         if variants:
             assert prompts == set(packaged_templates().get("de", "caption"))
@@ -356,7 +349,7 @@ def test_a_users_templates_file_adds_a_language_without_code(tmp_path):
     maker = ExampleMaker(cfg, _transform)
     records = [{"captions": {"ko": [f"빨간 원 {i}"], "de": [f"ein roter Kreis {i}"]},
                 "qa": [{"lang": "ko", "question": f"몇 개? {i}", "answers": ["셋"]}]} for i in range(200)]
-    plans = [maker.plan(f"k{i}", r, _sample_rng(0, 0, f"k{i}")) for i, r in enumerate(records)]
+    plans = [maker.plan(f"k{i}", r, sample_rng(0, 0, f"k{i}")) for i, r in enumerate(records)]
     korean = [p for p in plans if p.lang == "ko"]
     assert {p.prompt for p in korean if p.task == "caption"} == set(templates.get("ko", "caption"))
     assert all(p.prompt.startswith("질문: ") for p in korean if p.task == "vqa")
@@ -392,7 +385,7 @@ def test_match_task_is_balanced_and_negatives_are_other_captions():
     plans = []
     for i in range(1500):
         record = _record(i, LANGS)
-        plan = maker.plan(f"k{i}", record, _sample_rng(0, 0, f"k{i}"))
+        plan = maker.plan(f"k{i}", record, sample_rng(0, 0, f"k{i}"))
         maker.remember(f"k{i}", record)
         if i == 0:
             assert plan == "no_task"  # no negative yet
@@ -418,15 +411,15 @@ def test_stream_with_every_task_and_bad_samples_resumes_exactly(skewed, bad_shar
                languages=["en", "de", "fr"])
     urls = resolve_shards(cfg.train, "train") + bad_shards[:1]
     straight = _take(_stream(urls, cfg, batch_size=16), 30)
-    tasks = Counter(t for b in straight for t in b["tasks"])
+    tasks = Counter(t for b in straight for t in b.inputs["tasks"])
     assert {"caption", "match"} <= set(tasks)
     for at in (3, 26):
-        consumed = straight[at - 1]["stream_consumed"]
+        consumed = straight[at - 1].telemetry.consumed
         assert (consumed > MATCH_POOL) == (at == 26)
         position = StreamPosition(batches=at, consumed={0: consumed})
         again = _take(_stream(urls, cfg, batch_size=16, position=position), 30 - at)
         assert _signature(again) == _signature(straight[at:]), at
-        assert [b["stream_consumed"] for b in again] == [b["stream_consumed"] for b in straight[at:]]
+        assert [b.telemetry.consumed for b in again] == [b.telemetry.consumed for b in straight[at:]]
 
 
 def test_validation_batches_are_fixed(shards):
@@ -455,12 +448,12 @@ def test_qa_only_samples_teach_vqa_with_the_answer_as_contrastive_text():
     record = {"captions": {}, "qa": [{"lang": "en", "question": "What is in the picture?",
                                       "answers": ["A red bus parked by the road."]}]}
     maker = ExampleMaker(_cfg(), _transform)
-    plans = [maker.plan(f"k{i}", record, _sample_rng(0, 0, f"k{i}")) for i in range(50)]
+    plans = [maker.plan(f"k{i}", record, sample_rng(0, 0, f"k{i}")) for i in range(50)]
     assert {(p.lang, p.task, p.target, p.caption) for p in plans} == {
         ("en", "vqa", "A red bus parked by the road.", "A red bus parked by the road.")}
     assert all("What is in the picture?" in p.prompt for p in plans)
     captions_only = ExampleMaker(_cfg(tasks=["caption"], task_weights=[1.0]), _transform)
-    assert captions_only.plan("k", record, _sample_rng(0, 0, "k")) == "no_language"
+    assert captions_only.plan("k", record, sample_rng(0, 0, "k")) == "no_language"
     mixed = {"captions": {"de": ["ein roter Bus"]}, "qa": record["qa"]}
-    langs = Counter(maker.plan(f"k{i}", mixed, _sample_rng(0, 0, f"k{i}")).lang for i in range(400))
+    langs = Counter(maker.plan(f"k{i}", mixed, sample_rng(0, 0, f"k{i}")).lang for i in range(400))
     assert set(langs) == {"en", "de"}  # en from its QA, de from its caption

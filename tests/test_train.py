@@ -10,13 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.distributed.checkpoint import FileSystemReader
 
 from vlm.cli import main
 from vlm.data.collate import Collator
-from vlm.data.pipeline import StreamPosition, TrainStream, resolve_shards
+from vlm.data.shards import resolve_shards
+from vlm.data.stream import StreamPosition, TrainStream
 from vlm.model.llm import load_tokenizer
 from vlm.model.vision import create_open_clip
-from vlm.train.checkpoint import LATEST, latest_checkpoint, load_checkpoint
+from vlm.train.checkpoint import LATEST, latest_checkpoint, read_training_state
 from vlm.train.metrics import read_metrics
 from vlm.train.trainer import train
 
@@ -42,11 +44,16 @@ def test_short_run_loss_falls(tiny_parts, tmp_path):
     assert all(0 <= r["data_wait_frac"] <= 1 for r in train_rows)  # the share of wall time spent waiting on data
     assert all(sum(r[f"lang/{lang}"] for lang in cfg.data.languages) == pytest.approx(1.0, abs=1e-3) for r in train_rows)
     assert all(sum(r[f"task/{task}"] for task in cfg.data.tasks) == pytest.approx(1.0, abs=1e-3) for r in train_rows)
-    # the checkpoint holds only trainable weights, and the resolved config sits next to it
-    weights, state = load_checkpoint(result.checkpoint)
-    assert set(weights) == set(result.model.trainable_state_dict())
-    assert not any(k.startswith("vision.") for k in weights)
-    assert state["step"] == 40
+    # the checkpoint holds only trainable weights (DCP shards, keyed by parameter name), and the resolved config
+    # sits next to it
+    saved_tensors = FileSystemReader(str(result.checkpoint)).read_metadata().state_dict_metadata
+    weights = {k[len("model."):] for k in saved_tensors if k.startswith("model.")}
+    assert weights == {n for n, p in result.objective.named_parameters(remove_duplicate=False) if p.requires_grad}
+    assert not any(k.startswith("model.vision.") for k in weights)
+    assert {"contrastive_loss.logit_scale", "itc_loss.logit_scale"} <= weights
+    assert any(k.startswith("optim.state.") for k in saved_tensors)  # and the optimizer state
+    state = read_training_state(result.checkpoint)
+    assert state["step"] == 40 and state["layout"] == {"world_size": 1, "num_roles": 1, "global_batch": 8}
     saved = json.loads((result.checkpoint / "config.json").read_text())
     assert saved["train"]["max_steps"] == 40 and saved["llm"]["name"] == str(tiny_parts.lm)
 
@@ -104,7 +111,7 @@ def test_bad_samples_are_skipped_and_counted(tiny_parts, tmp_path):
     assert broken > 0
     bad_urls = [str(tmp_path / Path(u).name) for u in urls]
     cfg = tiny_parts.config(tmp_path / "run")
-    _, transform, _ = create_open_clip(cfg.vision)
+    _, transform = create_open_clip(cfg.vision, load_weights=False)
     collator = Collator(load_tokenizer(cfg.llm), "causal", 48)
     stream = TrainStream(bad_urls, cfg.data, transform, collator, batch_size=8, seed=0, rank=0, world_size=1,
                          position=StreamPosition())
@@ -112,12 +119,12 @@ def test_bad_samples_are_skipped_and_counted(tiny_parts, tmp_path):
     good = 96 - broken
     # one epoch of good samples: every broken one in it was skipped and counted, none was fatal
     batches = [next(it) for _ in range(good // 8)]
-    consumed = batches[-1]["stream_consumed"]
+    consumed = batches[-1].telemetry.consumed
     assert consumed >= 96 - 2  # the epoch's last samples may be broken ones
-    skipped = sum(sum(b["bad_samples"].values()) + b["language_rejected"] for b in batches)
+    skipped = sum(sum(b.telemetry.bad_samples.values()) + b.telemetry.rejected for b in batches)
     assert skipped == consumed - len(batches) * 8
-    assert sum(b["bad_samples"].get("corrupt_image", 0) for b in batches) >= broken - 2
-    assert all(b["images"].shape == (8, 3, 32, 32) and torch.isfinite(b["images"]).all() for b in batches)
+    assert sum(b.telemetry.bad_samples.get("corrupt_image", 0) for b in batches) >= broken - 2
+    assert all(b.inputs.images.shape == (8, 3, 32, 32) and torch.isfinite(b.inputs.images).all() for b in batches)
 
 
 def test_too_few_shards_is_a_clear_error(tiny_parts, tmp_path):
@@ -128,8 +135,8 @@ def test_too_few_shards_is_a_clear_error(tiny_parts, tmp_path):
 
 def test_fresh_run_refuses_to_overwrite_checkpoints(tiny_parts, tmp_path, capsys):
     train(tiny_parts.config(tmp_path, "train.max_steps=2"))
-    before = (tmp_path / "checkpoints" / "step-0000002" / "trainable.safetensors").read_bytes()
+    before = (tmp_path / "checkpoints" / "step-0000002" / "__0_0.distcp").read_bytes()
     demo = Path(__file__).parent.parent / "configs" / "demo.yaml"
     assert main(["train", str(demo), *tiny_parts.overrides(tmp_path), "train.max_steps=2"]) == 2
     assert "--resume" in capsys.readouterr().err
-    assert (tmp_path / "checkpoints" / "step-0000002" / "trainable.safetensors").read_bytes() == before
+    assert (tmp_path / "checkpoints" / "step-0000002" / "__0_0.distcp").read_bytes() == before

@@ -167,7 +167,15 @@ class TrainConfig:
     weight_decay: float = 0.05
     grad_clip: float = 1.0
     precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16
-    distributed: str = "ddp"  # how torchrun ranks share the work (DDP for now)
+    # How ranks share the work (vlm/train/strategies/): single (one process), ddp (replicated model, averaged
+    # gradients), fsdp2 (parameters, gradients and optimizer state sharded per LM block and bridge unit);
+    # auto: ddp under torchrun with several ranks, single otherwise.
+    strategy: str = "auto"
+    # Recompute each LM block and bridge unit in the backward pass instead of keeping its activations.
+    activation_checkpointing: bool = False
+    # A resumed run must have the global batch (ranks x batch_size x grad_accum) it was saved with; a run resumed
+    # on fewer GPUs then raises grad_accum. false: accept another global batch.
+    keep_global_batch: bool = True
     log_every: int = 10
     eval_every: int = 0  # validation loss every N steps; 0 disables it
     benchmark_every: int = 0  # the `eval` section's benchmark every N steps (and at the end); 0 disables it
@@ -267,7 +275,7 @@ PROMPT_LANGUAGES = ("target", "en")
 LLM_KINDS = ("causal", "seq2seq")
 TASKS = ("caption", "vqa", "match")  # match: caption matching, yes/no (mBLIP v2)
 PRECISIONS = ("auto", "fp32", "bf16")
-DISTRIBUTED = ("ddp",)
+STRATEGIES = ("auto", "single", "ddp", "fsdp2")  # vlm/train/strategies/<name>.py, auto resolved at launch
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -460,17 +468,13 @@ def validate(cfg: Config) -> None:
     _check(train.grad_clip >= 0, "'train.grad_clip' must be >= 0 (0 disables clipping)")
     _check(train.keep_checkpoints >= 1, "'train.keep_checkpoints' must be >= 1")
     _choice(train.precision, PRECISIONS, "train.precision")
-    _choice(train.distributed, DISTRIBUTED, "train.distributed")
+    _choice(train.strategy, STRATEGIES, "train.strategy")
     _check(all(k >= 1 for k in cfg.eval.ks), "'eval.ks' must be >= 1")
     _check(cfg.eval.itm_rerank_k >= 0, "'eval.itm_rerank_k' must be >= 0")
     _choice(cfg.eval.retrieval_captions, RETRIEVAL_CAPTIONS, "eval.retrieval_captions")
     _choice(cfg.eval.suite, SUITES, "eval.suite")
     _choice(cfg.eval.prompt_language, PROMPT_LANGUAGES, "eval.prompt_language")
     _choice(cfg.eval.precision, PRECISIONS, "eval.precision")
-    if cfg.eval.caption_tokenizer:
-        from eval.text_tokenizers import TOKENIZERS  # local, like data_prep: pure Python, no model imports
-
-        _choice(cfg.eval.caption_tokenizer, tuple(TOKENIZERS), "eval.caption_tokenizer")
     for name in ("max_new_tokens", "vqa_max_new_tokens", "num_beams", "batch_size"):
         _check(getattr(cfg.eval, name) >= 1, f"'eval.{name}' must be >= 1")
     _check(cfg.eval.num_workers >= 0 and cfg.eval.max_images >= 0,

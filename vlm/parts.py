@@ -22,10 +22,10 @@ from tqdm import tqdm
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from vlm.config import DemoConfig
+from vlm.data.batch import IGNORE_INDEX
 from vlm.data.collate import Collator
-from vlm.data.pipeline import read_records, read_samples
+from vlm.data.records import read_records, read_samples
 from vlm.data.templates import caption_prompt, vqa_prompt
-from vlm.model.llm import IGNORE_INDEX
 from vlm.train.schedule import warmup_cosine
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from eval.suites import Benchmark, BenchmarkDataError, BenchmarkImage
-from vlm.data.pipeline import read_records, read_samples, resolve_shards
+from vlm.data.records import read_records, read_samples
+from vlm.data.shards import resolve_shards
 
 TRAIN_RECORDS_FOR_BASELINES = 5000
 

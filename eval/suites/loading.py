@@ -11,6 +11,7 @@ from eval.suites.maxm import load_maxm
 from eval.suites.multi30k import load_multi30k, load_xflickrco
 from eval.suites.xgqa import load_xgqa
 from eval.suites.xm3600 import load_xm3600
+from eval.text_tokenizers import TOKENIZERS
 from vlm.config import DataConfig, EvalConfig
 
 LOADERS = {"demo": load_demo, "xm3600": load_xm3600, "xgqa": load_xgqa, "maxm": load_maxm,
@@ -20,7 +21,11 @@ SPLIT_SUITES = ("xgqa", "coco")
 
 def load_suite(cfg: EvalConfig, data: DataConfig) -> Benchmark:
     """eval.suite from eval.data_root in eval.languages, cut to eval.max_images. The demo suite without a
-    data root reads the config's own data.val shards (baselines from data.train) in data.languages."""
+    data root reads the config's own data.val shards (baselines from data.train) in data.languages. The eval
+    settings only this package knows (eval.caption_tokenizer) are checked here too."""
+    if cfg.caption_tokenizer and cfg.caption_tokenizer not in TOKENIZERS:
+        raise BenchmarkDataError(f"'eval.caption_tokenizer' is '{cfg.caption_tokenizer}'; choose one of: "
+                                 f"{', '.join(TOKENIZERS)}")
     languages = list(cfg.languages) or None
     if cfg.suite == "demo" and not cfg.data_root:
         return load_shards(data.val, languages or data.languages, data.train or None, cfg.max_images)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vlm.model.llm import IGNORE_INDEX
+from vlm.data.batch import IGNORE_INDEX, ModelInputs
 
 
 @dataclass
@@ -44,7 +44,7 @@ def bridge_text_ids(tokenizer, texts: list[str], max_length: int) -> tuple[torch
 
 
 class Collator:
-    """Builds the tensors `VisionLLM.forward` reads.
+    """Builds the `ModelInputs` the model and its objective read.
 
     causal:  input_ids = [prompt, target, eos] right-padded; labels = -100 on prompt and padding.
     seq2seq: input_ids = prompt (encoder side); labels = [target, eos] (decoder side).
@@ -97,17 +97,21 @@ class Collator:
             "prompt_mask": _pad([[1] * len(r) for r in prompt_rows], 0),
         }
 
-    def __call__(self, examples: list[Example]) -> dict:
-        batch = self.text_batch([e.prompt for e in examples], [e.target for e in examples])
+    def __call__(self, examples: list[Example]) -> ModelInputs:
+        text = self.text_batch([e.prompt for e in examples], [e.target for e in examples])
         captions = [self.tokenizer(e.caption, add_special_tokens=False)["input_ids"][: self.max_length] or [self.eos_id]
                     for e in examples]
-        batch["caption_ids"] = _pad(captions, self.pad_id)
-        batch["caption_mask"] = _pad([[1] * len(c) for c in captions], 0)
+        bridge = {}
         if self.bridge_tokenizer is not None:
-            batch["bridge_ids"], batch["bridge_mask"] = bridge_text_ids(
+            bridge["bridge_ids"], bridge["bridge_mask"] = bridge_text_ids(
                 self.bridge_tokenizer, [e.caption for e in examples], self.bridge_max_length)
-        batch["image_ids"] = torch.tensor([e.image_id for e in examples], dtype=torch.long)
-        batch["images"] = torch.stack([e.image for e in examples])
-        batch["langs"] = [e.lang for e in examples]
-        batch["tasks"] = [e.task for e in examples]
-        return batch
+        return ModelInputs(
+            **text,
+            caption_ids=_pad(captions, self.pad_id),
+            caption_mask=_pad([[1] * len(c) for c in captions], 0),
+            image_ids=torch.tensor([e.image_id for e in examples], dtype=torch.long),
+            images=torch.stack([e.image for e in examples]),
+            langs=[e.lang for e in examples],
+            tasks=[e.task for e in examples],
+            **bridge,
+        )

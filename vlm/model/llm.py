@@ -10,20 +10,21 @@ import copy
 
 import torch
 from peft import LoraConfig, TaskType, get_peft_model
+from peft.tuners.lora import LoraLayer
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    PreTrainedModel,
+)
+from transformers.initialization import no_init_weights
 
 from vlm.config import LLMConfig
-
-IGNORE_INDEX = -100
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_dtype(name: str) -> torch.dtype:
-    """'auto' loads bf16 weights on a GPU and fp32 on the CPU (bf16 matmuls are ~2x slower there)."""
-    if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    return _DTYPES[name]
+from vlm.data.batch import IGNORE_INDEX
+from vlm.model.weights import copy_tensors
+from vlm.precision import weight_dtype
 
 
 def load_tokenizer(cfg: LLMConfig):
@@ -33,12 +34,15 @@ def load_tokenizer(cfg: LLMConfig):
     return tokenizer
 
 
-def load_model(cfg: LLMConfig) -> PreTrainedModel:
+def _auto_class(cfg: LLMConfig):
+    return AutoModelForCausalLM if cfg.kind == "causal" else AutoModelForSeq2SeqLM
+
+
+def model_config(cfg: LLMConfig):
+    """The transformers config `llm.name` points at (config.json only), checked against `llm.kind`."""
     config = AutoConfig.from_pretrained(cfg.name, trust_remote_code=cfg.trust_remote_code)
-    _check_kind(cfg, config.is_encoder_decoder)  # before any weights are read
-    auto = AutoModelForCausalLM if cfg.kind == "causal" else AutoModelForSeq2SeqLM
-    return auto.from_pretrained(cfg.name, config=config, dtype=resolve_dtype(cfg.dtype),
-                                trust_remote_code=cfg.trust_remote_code)
+    _check_kind(cfg, config.is_encoder_decoder)
+    return config
 
 
 def _check_kind(cfg: LLMConfig, is_encoder_decoder: bool) -> None:
@@ -48,12 +52,19 @@ def _check_kind(cfg: LLMConfig, is_encoder_decoder: bool) -> None:
 
 
 class LanguageModel(nn.Module):
-    def __init__(self, cfg: LLMConfig, model: PreTrainedModel | None = None, tokenizer=None):
+    """Built from `llm.name`'s config alone (`device="meta"`: no memory either); `load_weights` reads the
+    pretrained weights. The tokenizer is read when first used."""
+
+    def __init__(self, cfg: LLMConfig, device: str | torch.device = "cpu"):
         super().__init__()
         self.cfg = cfg
-        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg)
-        model = model if model is not None else load_model(cfg)
-        _check_kind(cfg, model.config.is_encoder_decoder)
+        self._tokenizer = None
+        # Structure only: transformers' initialisation is skipped, since the weights step overwrites every
+        # tensor (and skipping it leaves the RNG where loading a pretrained model leaves it).
+        with torch.device(device), no_init_weights():
+            model = _auto_class(cfg).from_config(model_config(cfg), dtype=weight_dtype(cfg.dtype),
+                                                 trust_remote_code=cfg.trust_remote_code)
+        model.tie_weights()  # no_init_weights skips the tying that init_weights does
         model.requires_grad_(False)
         if cfg.lora_r > 0:
             model = get_peft_model(model, self._lora_config())
@@ -62,6 +73,40 @@ class LanguageModel(nn.Module):
         self.model = model
         self.is_seq2seq = cfg.kind == "seq2seq"
         self.hidden_size = model.get_input_embeddings().embedding_dim
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.cfg)
+        return self._tokenizer
+
+    @property
+    def base_model(self) -> PreTrainedModel:
+        """The transformers model (with LoRA layers injected, when there are any)."""
+        return self.model.get_base_model() if self.cfg.lora_r > 0 else self.model
+
+    def load_weights(self) -> None:
+        """Read the pretrained weights through transformers' own loader and copy them (and the buffers) into the
+        built model; the LoRA adapter keeps its initialisation."""
+        pretrained = _auto_class(self.cfg).from_pretrained(self.cfg.name, dtype=weight_dtype(self.cfg.dtype),
+                                                           trust_remote_code=self.cfg.trust_remote_code)
+        self.base_model.tie_weights()  # materialising from the meta device (to_empty) unties shared tables
+        copy_tensors(pretrained, self.base_model, rename=lambda name: name.replace(".base_layer.", "."),
+                     skip=lambda name: "lora_" in name)
+        self.base_model.generation_config = pretrained.generation_config  # generation_config.json, if any
+
+    def reset_adapter(self) -> None:
+        """Fresh LoRA initialisation (A: peft's Kaiming-uniform, B: zeros), for a model built on the meta device."""
+        for module in self.model.modules():
+            if isinstance(module, LoraLayer):
+                for adapter in module.active_adapters:
+                    module.reset_lora_parameters(adapter, True)
+
+    def decoder_blocks(self) -> list[nn.Module]:
+        """The transformer blocks (encoder and decoder ones for seq2seq): FSDP2's and activation checkpointing's
+        units. transformers names them `_no_split_modules` on each model class."""
+        names = set(getattr(self.base_model, "_no_split_modules", None) or ())
+        return [m for m in self.base_model.modules() if type(m).__name__ in names]
 
     def _lora_config(self) -> LoraConfig:
         targets = self.cfg.lora_targets
@@ -94,7 +139,8 @@ class LanguageModel(nn.Module):
         if not self.is_seq2seq:
             ignore = labels.new_full(prefix.shape[:2], IGNORE_INDEX)  # no loss on the visual positions
             labels = torch.cat([ignore, labels], dim=1)
-        return self.model(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
+        # No KV cache in training: nothing reads it, and activation checkpointing's recomputation would append to it.
+        return self.model(inputs_embeds=embeds, attention_mask=mask, labels=labels, use_cache=False).loss
 
     @torch.no_grad()
     def generate(self, prefix: torch.Tensor, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,

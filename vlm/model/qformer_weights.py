@@ -12,11 +12,13 @@ import json
 import logging
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import safe_open
 
-from vlm.model.qformer import QFormer
+if TYPE_CHECKING:  # the Q-Former module imports this one to read its init_from weights
+    from vlm.model.bridges.qformer import QFormer
 
 log = logging.getLogger(__name__)
 

@@ -14,26 +14,38 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vlm.config import VisionConfig
+from vlm.model.weights import copy_tensors
 
 LOCAL_DIR = "local-dir:"
 OPEN_CLIP_CONFIG = "open_clip_config.json"
 
 
-def create_open_clip(cfg: VisionConfig) -> tuple[nn.Module, object, dict]:
-    """Build the open_clip model, its eval image transform and its architecture dict.
+def _tag_preprocess(cfg: VisionConfig) -> dict:
+    """The preprocessing (mean, std, resize) of a pretrained tag, read without downloading anything, as
+    `create_model_and_transforms` arguments."""
+    tag = open_clip.get_pretrained_cfg(cfg.name, cfg.pretrained) if cfg.pretrained else {}
+    keep = ("mean", "std", "interpolation", "resize_mode")
+    return {f"image_{k}": tag[k] for k in keep if k in tag}
 
-    `cfg.name` is a built-in or registered open_clip name (weights from `cfg.pretrained`: a tag or a
-    local file), or `local-dir:PATH`, a folder with open_clip_config.json + weights (the Hub layout).
+
+def create_open_clip(cfg: VisionConfig, load_weights: bool, device: str | torch.device = "cpu") -> tuple[nn.Module, object]:
+    """The open_clip model `cfg` names and its eval image transform.
+
+    `cfg.name` is a built-in or registered open_clip name (weights from `cfg.pretrained`: a tag or a local file),
+    or `local-dir:PATH`, a folder with open_clip_config.json + weights (the Hub layout). Without `load_weights`
+    nothing is read but configs: the model has open_clip's random initialisation (nothing at all on the meta
+    device), and the transform still has the pretrained tag's preprocessing.
     """
-    architecture = open_clip_architecture(cfg)
-    if cfg.visual_weights:
-        # open_clip would warn that the model is "initialized randomly"; the weights follow, strictly.
-        with _quiet_root_logger():
-            model, _, preprocess = open_clip.create_model_and_transforms(cfg.name, load_weights=False)
-        model.visual.load_state_dict(load_file(cfg.visual_weights), strict=True)
-    else:
-        model, _, preprocess = open_clip.create_model_and_transforms(cfg.name, pretrained=(cfg.pretrained or None))
-    return model, preprocess, architecture
+    if not load_weights or cfg.visual_weights:
+        # open_clip would warn that the model is "initialized randomly"; the weights follow in a separate step.
+        with _quiet_root_logger(), torch.device(device):
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                cfg.name, load_weights=False, device=device, **_tag_preprocess(cfg))
+        if load_weights:
+            model.visual.load_state_dict(load_file(cfg.visual_weights), strict=True)
+        return model, preprocess
+    model, _, preprocess = open_clip.create_model_and_transforms(cfg.name, pretrained=(cfg.pretrained or None))
+    return model, preprocess
 
 
 def open_clip_architecture(cfg: VisionConfig) -> dict:
@@ -74,13 +86,15 @@ def _blocks_and_width(visual: nn.Module, name: str) -> tuple[int, int]:
 
 
 class ImageEncoder(nn.Module):
-    """open_clip visual tower, frozen and kept in eval mode: images (B,3,H,W) -> tokens (B, N, D)."""
+    """open_clip visual tower, frozen and kept in eval mode: images (B,3,H,W) -> tokens (B, N, D).
 
-    def __init__(self, cfg: VisionConfig):
+    Built from the config alone (`device="meta"`: no memory either); `load_weights` reads the weights."""
+
+    def __init__(self, cfg: VisionConfig, device: str | torch.device = "cpu"):
         super().__init__()
-        clip_model, preprocess, architecture = create_open_clip(cfg)
         self.cfg = cfg
-        self.architecture = architecture
+        self.architecture = open_clip_architecture(cfg)
+        clip_model, preprocess = create_open_clip(cfg, load_weights=False, device=device)
         self.visual = clip_model.visual  # the text tower is dropped here
         self.preprocess = preprocess  # eval transform, used for training and evaluation alike
         num_blocks, self.width = _blocks_and_width(self.visual, cfg.name)
@@ -90,6 +104,15 @@ class ImageEncoder(nn.Module):
         self.layer_index = layer
         self.visual.requires_grad_(False)
         self.visual.eval()
+
+    def load_weights(self) -> None:
+        """The pretrained tower through open_clip's own loader (any tag, file or `local-dir:`, or the release's
+        `visual_weights`), copied into this one with every buffer (the non-persistent ones too, which no weights
+        file holds: an encoder materialised from the meta device has none yet)."""
+        # A throwaway twin: its random initialisation must not move the run's RNG.
+        with torch.random.fork_rng(devices=[]):
+            twin, _ = create_open_clip(self.cfg, load_weights=True)
+        copy_tensors(twin.visual, self.visual)
 
     def train(self, mode: bool = True) -> "ImageEncoder":
         # Frozen: dropout and norm statistics never switch to training behaviour.

@@ -30,6 +30,11 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def launch_world_size() -> int:
+    """The number of ranks torchrun started (1 without torchrun), known before the process group exists."""
+    return int(os.environ["WORLD_SIZE"]) if launched_by_torchrun() else 1
+
+
 def init_distributed() -> torch.device:
     """Join the torchrun process group (NCCL on GPUs, gloo on CPU) and return this rank's device."""
     if torch.cuda.is_available():
@@ -97,3 +102,25 @@ def gather_to_main(obj) -> list | None:
     parts = [None] * world_size() if is_main() else None
     dist.gather_object(obj, parts, dst=0)
     return parts
+
+
+def all_gather_object(obj) -> list:
+    """Every rank's `obj` (picklable), in rank order, on every rank."""
+    if not is_distributed():
+        return [obj]
+    parts = [None] * world_size()
+    dist.all_gather_object(parts, obj)
+    return parts
+
+
+def share_of_global_mean(local_count: torch.Tensor) -> torch.Tensor | None:
+    """The factor that turns a rank's mean over its own `local_count` items (target tokens, say) into its share of
+    the mean over every rank's items: local_count * world / global_count. Averaging the scaled means over ranks (as
+    the logs do, and DDP and FSDP2 do with gradients) then gives the mean over the global batch, as one process
+    would compute it; unscaled, ranks with few tokens would weigh as much as ranks with many. None on one process
+    (no scaling at all, so its numbers stay bit for bit what they were)."""
+    if not is_distributed():
+        return None
+    count = local_count.detach().to(torch.float64)
+    total = all_reduce_sum(count.clone())
+    return (count * world_size() / total.clamp(min=1.0)).to(torch.float32)

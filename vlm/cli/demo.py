@@ -8,26 +8,32 @@ as transformers' Blip2ForConditionalGeneration, captioning through transformers 
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
 
 from data_prep.shards import prepare_synthetic
 from data_prep.translate import make_translator
-from eval.report import write_report
+from eval.report import write_results
 from eval.runner import evaluate
 from eval.suites.loading import load_suite
-from vlm.config import Config, ConfigError, check_paths
-from vlm.data.pipeline import read_samples, resolve_shards
+from vlm.cli.train import periodic_benchmark
+from vlm.config import Config, ConfigError, check_paths, load_config
+from vlm.data.records import read_samples
+from vlm.data.shards import resolve_shards
 from vlm.data.templates import caption_prompt
-from vlm.hf_blip2 import caption_with_transformers
 from vlm.model.vlm import VisionLLM
 from vlm.parts import make_clip, make_language_model
-from vlm.release import export_release
+from vlm.release import export_release, from_pretrained
+from vlm.release.hf_blip2 import caption_with_transformers
 from vlm.train.trainer import train
 
 LOCAL_DIR = "local-dir:"
+
+
+def run(args) -> int:
+    run_demo(load_config(args.config, args.overrides))
+    return 0
 
 
 def _demo_paths(cfg: Config) -> tuple[Path, Path, Path, Path]:
@@ -73,7 +79,7 @@ def run_demo(cfg: Config, progress: bool = True) -> dict:
     for previous in ("checkpoints", "tensorboard"):  # the demo starts over: its last run is replaced
         shutil.rmtree(out_dir / previous, ignore_errors=True)
     t = time.time()
-    result = train(cfg)
+    result = train(cfg, benchmark=periodic_benchmark(cfg) if cfg.train.benchmark_every else None)
     stage("align", t)
 
     t = time.time()
@@ -82,7 +88,7 @@ def run_demo(cfg: Config, progress: bool = True) -> dict:
 
     t = time.time()
     release_dir = export_release(result.model, out_dir / "release", results)
-    reloaded = VisionLLM.from_pretrained(release_dir)
+    reloaded = from_pretrained(release_dir)
     picture = _first_val_image(val_urls)
     image = reloaded.vision.preprocess(picture).unsqueeze(0)
     lang = cfg.data.languages[-1]
@@ -99,8 +105,7 @@ def run_demo(cfg: Config, progress: bool = True) -> dict:
     results["training"] = {"steps": result.steps, "seconds": round(result.seconds, 1), **result.last_metrics}
     results["release"] = {"path": str(release_dir), "caption_lang": lang, "caption": reloaded_caption,
                           "matches_trained_model": reloaded_caption == trained_caption, "hf_blip2": hf_blip2}
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
-    report = write_report(results, out_dir, out_dir / "metrics.jsonl")
+    report = write_results(results, out_dir, out_dir / "metrics.jsonl")
     results["report"] = str(report)
     _print_summary(results, out_dir)
     return results

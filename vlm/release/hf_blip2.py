@@ -19,14 +19,22 @@ import tempfile
 from pathlib import Path
 
 import torch
-from transformers import (AddedToken, AutoTokenizer, Blip2Config, Blip2ForConditionalGeneration, Blip2Processor,
-                          CLIPImageProcessor)
+from transformers import (
+    AddedToken,
+    AutoTokenizer,
+    Blip2Config,
+    Blip2ForConditionalGeneration,
+    Blip2Processor,
+    CLIPImageProcessor,
+)
 
 from vlm.config import Config, ConfigError
+from vlm.data.templates import caption_prompt, templates_for, vqa_prompt
+from vlm.folders import atomic_folder
 from vlm.model.blip2_vision import blip2_vision_tower, check_architecture
 from vlm.model.qformer_weights import blip2_qformer_config, blip2_state_dict
 from vlm.model.vision import open_clip_architecture
-from vlm.model.vlm import VisionLLM, publish_folder, staging_folder
+from vlm.model.vlm import VisionLLM
 
 IMAGE_TOKEN = "<image>"
 _RESAMPLE = {"bicubic": 3, "bilinear": 2, "nearest": 0, "random": 3}  # PIL.Image.Resampling values
@@ -112,17 +120,16 @@ def export_hf_blip2(model: VisionLLM, out_dir: str | Path, extra_files: dict[str
                            f"unexpected {sorted(set(state) - expected)[:3]}")
     hf.load_state_dict(state, assign=True)
     hf.tie_weights()
-    folder = Path(out_dir)
-    tmp = staging_folder(folder)
-    hf.save_pretrained(tmp, max_shard_size=max_shard_size)
-    Blip2Processor(image_processor, tokenizer, num_query_tokens=config.num_query_tokens).save_pretrained(tmp)
-    return publish_folder(tmp, folder, extra_files)
+    with atomic_folder(out_dir) as tmp:
+        hf.save_pretrained(tmp, max_shard_size=max_shard_size)
+        Blip2Processor(image_processor, tokenizer, num_query_tokens=config.num_query_tokens).save_pretrained(tmp)
+        for name, text in extra_files.items():
+            (tmp / name).write_text(text)
+    return Path(out_dir)
 
 
 def usage_section(model: VisionLLM) -> list[str]:
     """The card's how-to-load lines and the prompts the model was trained with, per language."""
-    from vlm.data.templates import caption_prompt, templates_for, vqa_prompt
-
     templates = templates_for(model.cfg.data)
     first_prompt = json.dumps(caption_prompt(model.cfg.data.languages[0], templates=templates), ensure_ascii=False)
     lines = [

@@ -1,4 +1,4 @@
-"""Projector bridges: LLaVA's 2-layer MLP and Parrot's text-guided mixture-of-experts projector.
+"""Parrot's text-guided mixture-of-experts projector on top of LLaVA's 2-layer MLP projection.
 
 From Parrot (AIDC-AI/Parrot, parrot/model/moe_model/moe.py): the projected CLS token attends, single-head and
 without learned weights, over the prompt's LLM word embeddings; the pooled vector feeds a bias-free linear router
@@ -23,22 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vlm.config import BridgeConfig
-from vlm.model.bridge import BridgeOutput
-
-
-class MLPProjector(nn.Module):
-    """LLaVA's `mlp2x_gelu`: Linear, GELU, Linear on every image token (CLS included); ignores the text."""
-
-    def __init__(self, cfg: BridgeConfig, vision_width: int, llm_width: int):
-        super().__init__()
-        hidden = cfg.projector_hidden or llm_width
-        # LLaVA's nn.Sequential layout, so its `mm_projector.*` weights load into `layers.*`.
-        self.layers = nn.Sequential(nn.Linear(vision_width, hidden), nn.GELU(), nn.Linear(hidden, llm_width))
-
-    def forward(self, image_tokens: Tensor, text_embeds: Tensor | None = None,
-                text_mask: Tensor | None = None) -> BridgeOutput:
-        out = self.layers(image_tokens)
-        return BridgeOutput(visual_tokens=out, hidden=out)
+from vlm.model.bridge import Bridge, BridgeOutput
+from vlm.model.bridges.mlp import MLPProjector
 
 
 class SwiGLU(nn.Module):
@@ -54,13 +40,15 @@ class SwiGLU(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
-class MoEProjector(nn.Module):
+class MoEProjector(Bridge):
     """Parrot's MoE after the 2-layer projection; routed by the prompt, one decision per image-prompt pair.
 
     The router query is the first visual token, the CLS token when the vision tower keeps it (`include_cls`).
     """
 
-    def __init__(self, cfg: BridgeConfig, vision_width: int, llm_width: int):
+    reads_prompt = True
+
+    def __init__(self, cfg: BridgeConfig, vision_width: int, llm_width: int, text_vocab_size: int = 0):
         super().__init__()
         self.projector = MLPProjector(cfg, vision_width, llm_width)
         self.router = nn.Linear(llm_width, cfg.num_experts, bias=False)
@@ -69,12 +57,34 @@ class MoEProjector(nn.Module):
         self.top_k = cfg.top_k
         self.identity = cfg.moe_init == "identity"
         self.parrot_residual = cfg.parrot_residual
+        self._init_experts()
+
+    def _init_experts(self) -> None:
         if self.identity:
             for expert in self.experts:
                 nn.init.zeros_(expert.down_proj.weight)
         else:  # Parrot's MoE is new in a Hugging Face model, which draws it from N(0, initializer_range=0.02)
             for weight in [self.router.weight, *self.experts.parameters()]:
                 nn.init.normal_(weight, std=0.02)
+
+    @property
+    def loss_terms(self) -> tuple[str, ...]:
+        return ("moe_balance",)
+
+    def shard_units(self) -> list[nn.Module]:
+        return list(self.experts)
+
+    def may_skip_parameters(self, active_terms: set[str]) -> bool:
+        return self.top_k > 0
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        self._init_experts()
+
+    @staticmethod
+    def describe(cfg: BridgeConfig) -> str:
+        routing = f"top-{cfg.top_k}" if cfg.top_k else "dense"
+        return f"Parrot-style MoE projector, {cfg.num_experts} SwiGLU experts, {routing} routing by the prompt"
 
     def forward(self, image_tokens: Tensor, text_embeds: Tensor | None = None,
                 text_mask: Tensor | None = None) -> BridgeOutput:
@@ -95,7 +105,7 @@ class MoEProjector(nn.Module):
                 mixed = mixed + weights[:, e, None, None] * expert(v)
         out = v + mixed if self.identity else mixed + self.parrot_residual * v
         return BridgeOutput(visual_tokens=out, hidden=out, router_probs=probs,
-                            balance_loss=load_balance_loss(probs, chosen))
+                            losses={"moe_balance": load_balance_loss(probs, chosen)})
 
     def route(self, query: Tensor, text_embeds: Tensor | None, text_mask: Tensor | None) -> Tensor:
         """Router weights (B, E), fp32: `query` (B, H) attends over the unmasked prompt embeddings (B, L, H), the
@@ -121,3 +131,6 @@ def load_balance_loss(probs: Tensor, chosen: Tensor) -> Tensor:
     num_experts = probs.shape[-1]
     share = F.one_hot(chosen, num_experts).to(probs.dtype).mean((0, 1))
     return num_experts * (share * probs.mean(0)).sum()
+
+
+BRIDGE = MoEProjector

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlm.config import BridgeConfig
-from vlm.model.bridge import BridgeOutput
+from vlm.model import qformer_weights
+from vlm.model.bridge import Bridge, BridgeOutput
 
 MODES = ("query", "text", "multimodal", "causal")
 LAYER_NORM_EPS = 1e-12  # BERT's
@@ -175,13 +176,15 @@ class LMHead(nn.Module):
         return F.linear(self.LayerNorm(F.gelu(self.dense(x))), word_embeddings, self.bias)
 
 
-class QFormer(nn.Module):
+class QFormer(Bridge):
     """(B, N, D_vision) image tokens -> BridgeOutput with (B, Q, H_llm) visual tokens.
 
     With `text_vocab_size` > 0 it also owns the text branch and the BLIP-2 stage-1 heads: `vision_proj`,
     `text_proj` (ITC), `itm_head` (ITM) and `lm_head` (ITG, tied to the word embeddings). The word
     embeddings hold one extra row after the tokenizer's vocabulary: the [DEC] token that starts ITG.
     """
+
+    supports_text_branch = True
 
     def __init__(self, cfg: BridgeConfig, vision_width: int, llm_width: int, text_vocab_size: int = 0):
         super().__init__()
@@ -201,8 +204,40 @@ class QFormer(nn.Module):
             self.vision_proj = nn.Linear(h, cfg.itc_dim)
             self.text_proj = nn.Linear(h, cfg.itc_dim)
             self.itm_head = nn.Linear(h, 2)
-            nn.init.normal_(self.embeddings.word_embeddings.weight, std=0.02)
-            nn.init.normal_(self.embeddings.position_embeddings.weight, std=0.02)
+            self._init_embeddings()
+
+    def _init_embeddings(self) -> None:
+        nn.init.normal_(self.embeddings.word_embeddings.weight, std=0.02)
+        nn.init.normal_(self.embeddings.position_embeddings.weight, std=0.02)
+
+    # --- the bridge interface ------------------------------------------------------------------------
+
+    @property
+    def loss_terms(self) -> tuple[str, ...]:
+        return ("itc", "itm", "itg") if self.text_branch else ()
+
+    def shard_units(self) -> list[nn.Module]:
+        return list(self.encoder.layer)
+
+    def may_skip_parameters(self, active_terms: set[str]) -> bool:
+        return not set(self.loss_terms) <= active_terms  # the ITC, ITM and ITG heads
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        with torch.no_grad():
+            self.query_tokens.copy_(torch.randn_like(self.query_tokens) * 0.02)
+        if self.text_branch:
+            self._init_embeddings()
+            nn.init.zeros_(self.lm_head.bias)
+
+    def load_pretrained(self, cfg: BridgeConfig) -> None:
+        if cfg.init_from:
+            qformer_weights.initialise(self, cfg.init_from, cfg.cross_attention_freq)
+
+    @staticmethod
+    def describe(cfg: BridgeConfig) -> str:
+        text = ", text branch (ITC/ITM/ITG)" if cfg.text_branch else ""
+        return f"BLIP-2 Q-Former, {cfg.num_queries} queries, {cfg.num_layers} layers, width {cfg.hidden_size}{text}"
 
     # --- the four modes --------------------------------------------------------------------------
 
@@ -257,7 +292,7 @@ class QFormer(nn.Module):
         """(B, L, H) -> (B, L, vocab + 1) next-token logits of the ITG decoder."""
         return self.lm_head(text_outputs, self.embeddings.word_embeddings.weight)
 
-    # --- the bridge interface ----------------------------------------------------------------------
+    # --- the visual prefix ---------------------------------------------------------------------------
 
     def project(self, query_outputs: torch.Tensor) -> BridgeOutput:
         return BridgeOutput(visual_tokens=self.language_projection(query_outputs), hidden=query_outputs)
@@ -266,3 +301,6 @@ class QFormer(nn.Module):
                 text_mask: torch.Tensor | None = None) -> BridgeOutput:
         """The LLM prefix from the query-only mode (the prompt is not read: BLIP-2, not InstructBLIP)."""
         return self.project(self.encode_queries(image_tokens))
+
+
+BRIDGE = QFormer

@@ -5,7 +5,6 @@
 - `sample_itm_negatives`: BLIP-2 hard-negative sampling for image-text matching (ITM). The ITM loss itself is
   a plain `F.cross_entropy(logits, labels)` on the query-averaged 2-way logits, so there is no wrapper for it.
 - `itg_loss`: BLIP-2 image-grounded text generation, shifted next-token CE as `BertLMHeadModel` computes it.
-- `mean_token_features`: CG-VLM-style text side for `ContrastiveLoss` (mean of per-token unit vectors).
 
 Distributed convention (open_clip's "local loss + gather with grad"): each rank computes the loss of its own B
 rows against the columns gathered from all W ranks. The gather's backward sums every rank's gradient into the
@@ -22,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlm.train import distributed
+from vlm import distributed
 
 
 def _upcast(x: torch.Tensor) -> torch.Tensor:
@@ -39,11 +38,13 @@ class LearnableLogitScale(nn.Module):
 
     def __init__(self, init_temperature: float = 0.07, max_logit_scale: float = 100.0):
         super().__init__()
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
+        # One element, not a 0-d tensor: FSDP2 shards every parameter along its first dimension.
+        self.logit_scale = nn.Parameter(torch.tensor([math.log(1.0 / init_temperature)]))
         self.max_logit_scale = max_logit_scale
 
     def scale(self) -> torch.Tensor:
-        return self.logit_scale.exp().clamp(1.0, self.max_logit_scale)
+        """The clamped logit scale, a 0-d tensor."""
+        return self.logit_scale[0].exp().clamp(1.0, self.max_logit_scale)
 
 
 class ContrastiveLoss(LearnableLogitScale):
@@ -204,18 +205,3 @@ def itg_loss(logits: torch.Tensor, target_ids: torch.Tensor, target_mask: torch.
     if kept_logits.shape[0] == 0:
         return logits.sum() * 0.0
     return F.cross_entropy(kept_logits, target_ids[:, 1:][keep].long(), label_smoothing=label_smoothing)
-
-
-def mean_token_features(token_feats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """CG-VLM-style text feature: the masked mean of the per-token L2-normalised features.
-
-    token_feats (B, L, D), e.g. caption token embeddings; mask (B, L), 1 for real tokens, 0 for padding.
-    Returns (B, D) = mean_j t_j / |t_j| over the real tokens, deliberately NOT renormalised, so that for a unit
-    image vector p, <p, result> = mean_j cos(p, t_j): "maximise the averaged similarity between pooled image
-    features and text-token embeddings". Feed it, with a normalised pooled image feature, to `ContrastiveLoss`,
-    whose logits then are scale * (average token cosine). Its norm is <= 1 (1 only if all tokens are parallel).
-    Computed in fp32 (fp64 stays fp64); a row without real tokens gives the zero vector.
-    """
-    unit = F.normalize(_upcast(token_feats), dim=-1)
-    weights = mask.to(unit.dtype).unsqueeze(-1)  # (B, L, 1)
-    return (unit * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)

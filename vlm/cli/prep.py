@@ -1,0 +1,90 @@
+"""`vlm prep shards | translate | ct2 | synthetic`: training shards from your data, translated, or synthetic."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from vlm.config import ConfigError, load_config
+
+_OVERRIDE = re.compile(r"[a-z_]+(\.[a-z_]+)+=.*", re.DOTALL)
+
+
+def run(args) -> int:
+    if args.source == "shards":
+        return _prep_shards(args)
+    if args.source == "translate":
+        return _prep_translate(args)
+    if args.source == "ct2":
+        from data_prep.neural_mt import convert_to_ct2
+
+        try:
+            print(convert_to_ct2(args.model, Path(args.out), quantization=args.quantization))
+        except ValueError as err:  # ctranslate2 missing
+            raise ConfigError(str(err)) from None
+        return 0
+    from data_prep.languages import validate_languages
+    from data_prep.shards import prepare_synthetic
+
+    try:
+        languages = validate_languages(args.langs)
+    except ValueError as err:
+        raise ConfigError(f"--langs: {err}") from None
+    manifest = prepare_synthetic(Path(args.out), args.n_train, args.n_val, languages, seed=args.seed,
+                                 image_size=args.image_size)
+    print(json.dumps(manifest["counts"], indent=1, ensure_ascii=False))
+    return 0
+
+
+def _prep_shards(args) -> int:
+    from data_prep.build_shards import build_shards
+
+    try:
+        manifest = build_shards(args.format, args.inputs, Path(args.out), images=args.images, split=args.split,
+                                shard_size=args.shard_size, karpathy_split=args.karpathy_split)
+    except ValueError as err:  # bad input files and arguments are found before any shard is written
+        raise ConfigError(str(err)) from None
+    print(json.dumps({"counts": manifest["counts"], "stats": manifest.get("stats", {})}, indent=1))
+    return 0
+
+
+def _prep_translate(args) -> int:
+    from data_prep.languages import validate_languages
+    from data_prep.translate import make_translator
+    from data_prep.translate_job import check_settings, format_table, job_settings, plan_jobs, translate_dataset
+    from vlm import distributed
+
+    # Positional items that look like `section.key=value` are config overrides, the rest are inputs.
+    overrides = [item for item in args.inputs if _OVERRIDE.fullmatch(item)] + args.overrides
+    inputs = [item for item in args.inputs if item not in overrides]
+    flags = {"languages": args.langs and f"[{args.langs}]", "backend": args.backend, "model": args.model,
+             "batch_size": args.batch_size}
+    overrides += [f"prep.translate.{key}={value}" for key, value in flags.items() if value is not None]
+    cfg = load_config(args.config, overrides).prep
+    if not [lang for lang in cfg.translate.languages if lang != "en"]:
+        raise ConfigError("no target languages besides English: pass --langs or set prep.translate.languages")
+    settings = {key: getattr(cfg.translate, key) for key in ("backend", "model", "family", "num_beams",
+                                                             "max_input_tokens")}
+    try:  # bad inputs and a resume with other settings fail here, before a model loads
+        languages = validate_languages(cfg.translate.languages)
+        plan_jobs(inputs, args.split)
+        check_settings(Path(args.out), job_settings(settings, languages, cfg.filters))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    distributed.init_distributed()
+    try:
+        translator = make_translator(cfg.translate, [lang for lang in languages if lang != "en"])
+    except ValueError as err:  # a language the model has no token for, an unknown family
+        raise ConfigError(str(err)) from None
+    manifest = translate_dataset(inputs, Path(args.out), languages, translator, cfg.filters, split=args.split,
+                                 chunk_size=cfg.translate.chunk_size, rank=distributed.rank(),
+                                 world_size=distributed.world_size(), barrier=distributed.barrier,
+                                 settings=settings)
+    distributed.shutdown()
+    if manifest is not None:
+        translation = manifest["translation"]
+        print(format_table(manifest["filters"]["per_language"]))
+        print(f"{translation['texts_this_run']} texts translated at {translation['texts_per_second']} texts/s "
+              f"over {translation['world_size']} rank(s); rejected translations: {Path(args.out) / 'rejected'}")
+    return 0

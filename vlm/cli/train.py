@@ -1,0 +1,50 @@
+"""`vlm train CONFIG [overrides] [--resume]`: one process, or every rank of torchrun (`-m vlm.cli train`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vlm.config import Config, check_paths, load_config
+
+# Language means logged after each periodic benchmark (all of them stay in that step's results.json).
+BENCHMARK_CURVES = frozenset({"i2t_r1", "t2i_r1", "cider", "chrf", "fidelity", "overall", "exact"})
+
+
+def run(args) -> int:
+    from vlm import distributed
+    from vlm.data.shards import resolve_shards
+    from vlm.train.strategies import resolve_strategy
+    from vlm.train.trainer import train
+
+    cfg = load_config(args.config, args.overrides)
+    check_paths(cfg)
+    resolve_strategy(cfg.train.strategy)  # e.g. fsdp2 without torchrun fails here
+    resolve_shards(cfg.data.train, "train")  # missing shards fail here, before the model is built
+    if cfg.data.val:
+        resolve_shards(cfg.data.val, "val")
+    result = train(cfg, resume=args.resume, benchmark=periodic_benchmark(cfg) if cfg.train.benchmark_every else None)
+    if result.checkpoint is not None:
+        print(f"checkpoint: {result.checkpoint}")
+    distributed.shutdown()
+    return 0
+
+
+def periodic_benchmark(cfg: Config):
+    """The trainer's `train.benchmark_every` callback: the `eval` section's suite (its files read and checked
+    now, before the model is built), scored on the current weights and split over the ranks like `vlm eval`;
+    results.json and the report under output_dir/eval/step-N, the language means returned for the metrics log."""
+    from eval.report import write_results
+    from eval.runner import evaluate
+    from eval.suites.loading import load_suite
+
+    bench = load_suite(cfg.eval, cfg.data)
+
+    def run_benchmark(model, step: int) -> dict[str, float] | None:
+        results = evaluate(model, bench, cfg.eval, progress=False)
+        if results is None:  # not rank 0
+            return None
+        write_results(results, Path(cfg.train.output_dir) / "eval" / f"step-{step}")
+        return {f"{section}_{name}": value for section, scores in results["mean"].items()
+                for name, value in scores.items() if name in BENCHMARK_CURVES}
+
+    return run_benchmark

@@ -1,0 +1,43 @@
+"""The one atomic-folder writer: releases, exports and checkpoints are written into a hidden staging folder
+beside their destination and renamed into place, so a kill never leaves a half-written folder and an earlier
+one stays whole until the new one is complete."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def staging_folder(folder: str | Path) -> Path:
+    """Where `folder` is written before it is renamed into place (emptied of any earlier attempt, not created)."""
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    return tmp
+
+
+def publish_folder(tmp: Path, folder: str | Path, extra_files: dict[str, str] | None = None) -> Path:
+    """Write `extra_files` (name -> text) into `tmp`, then rename it to `folder`, replacing what was there."""
+    folder = Path(folder)
+    for name, text in (extra_files or {}).items():
+        (tmp / name).write_text(text)
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    return folder
+
+
+@contextlib.contextmanager
+def atomic_folder(folder: str | Path) -> Iterator[Path]:
+    """`with atomic_folder(out) as tmp:` write into tmp; on success it becomes `out`, on an error it is removed."""
+    tmp = staging_folder(folder)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    publish_folder(tmp, folder)
