@@ -17,7 +17,7 @@ from vlm.data.templates import caption_prompt, vqa_prompt
 from vlm.model.vlm import VisionLLM
 from vlm.objective.objective import Objective
 from vlm.release import from_pretrained
-from vlm.train.checkpoint import load_trained_model, load_trained_objective
+from vlm.train.checkpoint import load_trained_objective
 from vlm.train.trainer import train
 
 

@@ -24,9 +24,14 @@ def publish_folder(tmp: Path, folder: str | Path, extra_files: dict[str, str] | 
     folder = Path(folder)
     for name, text in (extra_files or {}).items():
         (tmp / name).write_text(text)
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
+    if folder.exists():  # moved aside, not deleted first: the folder is missing only between two renames
+        old = folder.with_name(f".{folder.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, folder)
     return folder
 
 

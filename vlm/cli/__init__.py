@@ -31,10 +31,11 @@ def main(argv: list[str] | None = None) -> int:
         if any(item.startswith("-") or "=" not in item for item in extra) or not hasattr(args, "overrides"):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides) + extra
-    logging.basicConfig(level=logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "root", "open_clip"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Our packages log INFO on rank 0; the root logger stays at WARNING, since open_clip logs its INFO chatter
+    # through it directly (a package logger's records are filtered by its own level, not the root's).
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for package in ("vlm", "eval", "data_prep"):
+        logging.getLogger(package).setLevel(logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING)
     # peft calls a transformers property that transformers 5 deprecates; nothing a user can act on.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     try:

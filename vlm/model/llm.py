@@ -17,6 +17,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
+    PretrainedConfig,
     PreTrainedModel,
 )
 from transformers.initialization import no_init_weights
@@ -45,6 +46,25 @@ def model_config(cfg: LLMConfig):
     return config
 
 
+def _ties_output_embeddings(cfg: LLMConfig) -> bool:
+    """What config.json itself says of tying the output layer to the input embeddings. transformers 5's T5 and
+    mT5 configs always say they tie (and `from_pretrained` unties when the checkpoint holds both); mT0 and
+    Flan-T5 publish `tie_word_embeddings: false` and an lm_head of their own, so a model built from the config
+    must not tie them."""
+    raw, _ = PretrainedConfig.get_config_dict(cfg.name)
+    return raw.get("tie_word_embeddings", True) is not False
+
+
+def _untie_output_embeddings(model: PreTrainedModel) -> None:
+    """Give the output layer a weight of its own (the input embeddings' other users stay tied)."""
+    head, table = model.get_output_embeddings(), model.get_input_embeddings()
+    if head is None or head.weight is not table.weight:
+        return
+    name = next(n for n, m in model.named_modules() if m is head) + ".weight"
+    head.weight = nn.Parameter(torch.empty_like(head.weight), requires_grad=head.weight.requires_grad)
+    model.all_tied_weights_keys.pop(name, None)
+
+
 def _check_kind(cfg: LLMConfig, is_encoder_decoder: bool) -> None:
     if is_encoder_decoder != (cfg.kind == "seq2seq"):
         found = "an encoder-decoder" if is_encoder_decoder else "a decoder-only"
@@ -65,6 +85,8 @@ class LanguageModel(nn.Module):
             model = _auto_class(cfg).from_config(model_config(cfg), dtype=weight_dtype(cfg.dtype),
                                                  trust_remote_code=cfg.trust_remote_code)
         model.tie_weights()  # no_init_weights skips the tying that init_weights does
+        if not _ties_output_embeddings(cfg):
+            _untie_output_embeddings(model)
         model.requires_grad_(False)
         if cfg.lora_r > 0:
             model = get_peft_model(model, self._lora_config())
@@ -90,7 +112,8 @@ class LanguageModel(nn.Module):
         built model; the LoRA adapter keeps its initialisation."""
         pretrained = _auto_class(self.cfg).from_pretrained(self.cfg.name, dtype=weight_dtype(self.cfg.dtype),
                                                            trust_remote_code=self.cfg.trust_remote_code)
-        self.base_model.tie_weights()  # materialising from the meta device (to_empty) unties shared tables
+        # Materialising from the meta device (to_empty) unties shared tables: tie them again, as built.
+        self.base_model.tie_weights(recompute_mapping=False)
         copy_tensors(pretrained, self.base_model, rename=lambda name: name.replace(".base_layer.", "."),
                      skip=lambda name: "lora_" in name)
         self.base_model.generation_config = pretrained.generation_config  # generation_config.json, if any
@@ -155,12 +178,14 @@ class LanguageModel(nn.Module):
             order = torch.sort(mask, dim=1, stable=True).indices
             embeds = embeds.gather(1, order.unsqueeze(-1).expand_as(embeds))
             mask = mask.gather(1, order)
+        # Ranks generate for their own images, as many times as those need: transformers must not keep them in
+        # lock-step (it would under FSDP), since the trainer's FSDP2 evaluation gathers every unit whole first.
         out = self.model.generate(
             inputs_embeds=embeds,
             attention_mask=mask,
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=self.tokenizer.eos_token_id,
-            **generate_kwargs,
+            **{"synced_gpus": False, **generate_kwargs},
         )
         # With inputs_embeds only, decoder-only generate returns just the new tokens; seq2seq
         # returns the decoder sequence; special tokens (decoder start, eos, pad) are skipped.

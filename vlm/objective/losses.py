@@ -42,9 +42,10 @@ class LearnableLogitScale(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor([math.log(1.0 / init_temperature)]))
         self.max_logit_scale = max_logit_scale
 
-    def scale(self) -> torch.Tensor:
-        """The clamped logit scale, a 0-d tensor."""
-        return self.logit_scale[0].exp().clamp(1.0, self.max_logit_scale)
+    def scale(self, logit_scale: torch.Tensor | None = None) -> torch.Tensor:
+        """The clamped logit scale, a 0-d tensor (of `logit_scale`, default the parameter itself)."""
+        logit_scale = self.logit_scale if logit_scale is None else logit_scale
+        return logit_scale[0].exp().clamp(1.0, self.max_logit_scale)
 
 
 class ContrastiveLoss(LearnableLogitScale):

@@ -45,11 +45,12 @@ class Objective(nn.Module):
         self.routing = RoutingStats()
 
     def logit_scales(self) -> dict[str, float]:
-        """The learnt temperatures' logit scales, for the metrics."""
-        scales = {"logit_scale": float(self.contrastive_loss.scale().detach())}
+        """The learnt temperatures' logit scales, for the metrics. A collective under FSDP2, whose sharded
+        parameters are gathered whole first: call it on every rank."""
+        losses = {"logit_scale": self.contrastive_loss}
         if "itc" in self.weights:
-            scales["itc_logit_scale"] = float(self.itc_loss.scale().detach())
-        return scales
+            losses["itc_logit_scale"] = self.itc_loss
+        return {name: float(loss.scale(_whole(loss.logit_scale)).detach()) for name, loss in losses.items()}
 
     def forward(self, inputs: ModelInputs) -> dict[str, torch.Tensor]:
         """Returns {"loss": the weighted sum, and every active term under its own name}."""
@@ -120,6 +121,10 @@ class Objective(nn.Module):
         labels[: ids.shape[0]] = 1
         logits = bridge.itm_logits(bridge.encode_multimodal(pair_tokens, pair_ids, pair_mask))
         return F.cross_entropy(logits.float(), labels)
+
+
+def _whole(param: torch.Tensor) -> torch.Tensor:
+    return param.full_tensor() if hasattr(param, "full_tensor") else param  # a DTensor shard under FSDP2
 
 
 def _global_mean(local_mean: torch.Tensor, local_count: torch.Tensor) -> torch.Tensor:
