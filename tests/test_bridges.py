@@ -96,7 +96,8 @@ def test_moe_contrastive_image_side_never_reads_the_prompt(tiny_parts, tmp_path)
                                  zip(images, prompts, captions, langs)])
 
     with torch.no_grad():
-        a = objective(batch(["Question: how many circles? Answer:", "Frage: Welche Farbe? Antwort:", "问题：几个？ 回答："]))
+        a = objective(batch(["Question: how many circles? Answer:", "Frage: Welche Farbe? Antwort:",
+                             "问题：几个？ 回答："]))
         b = objective(batch(["Caption in English:", "Caption in English:", "Caption in English:"]))
     assert a["contrastive"].item() == pytest.approx(b["contrastive"].item(), abs=1e-6)
     assert a["lm"].item() != pytest.approx(b["lm"].item(), abs=1e-6)  # the LM path does read the prompt

@@ -95,7 +95,8 @@ def test_forward_backward_reaches_only_trainable_parts(tiny_parts, tmp_path, kin
     assert any(n.startswith("model.bridge.") for n in grads)
     assert any("lora_" in n for n in grads)
     assert {"contrastive_loss.logit_scale", "itc_loss.logit_scale"} <= grads  # the objective's own temperatures
-    assert {"model.bridge.itm_head.weight", "model.bridge.lm_head.dense.weight", "model.bridge.text_proj.weight"} <= grads
+    heads = {"model.bridge.itm_head.weight", "model.bridge.lm_head.dense.weight", "model.bridge.text_proj.weight"}
+    assert heads <= grads
     assert grads <= trainable
     assert not any(n.startswith("model.vision.") for n in trainable)
     frozen_llm = [n for n, p in model.llm.named_parameters() if not p.requires_grad]

@@ -235,7 +235,8 @@ def test_visionllm_builds_its_text_branch_from_a_bert_folder(tiny_parts, tmp_pat
     _randomised(BertForMaskedLM(BertConfig(vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=2,
                                            num_attention_heads=2, intermediate_size=128))).save_pretrained(bert)
     _bert_tokenizer().save_pretrained(bert)
-    model = VisionLLM(tiny_parts.config(tmp_path / "run", "bridge.text_branch=true", f"bridge.init_from={bert}")).load_weights()
+    cfg = tiny_parts.config(tmp_path / "run", "bridge.text_branch=true", f"bridge.init_from={bert}")
+    model = VisionLLM(cfg).load_weights()
     assert len(model.bridge_tokenizer) == len(WORDS)
     source = BertForMaskedLM.from_pretrained(bert)
     assert torch.equal(model.bridge.encoder.layer[1].attention.attention.key.weight,

@@ -140,3 +140,37 @@ def test_fresh_run_refuses_to_overwrite_checkpoints(tiny_parts, tmp_path, capsys
     assert main(["train", str(demo), *tiny_parts.overrides(tmp_path), "train.max_steps=2"]) == 2
     assert "--resume" in capsys.readouterr().err
     assert (tmp_path / "checkpoints" / "step-0000002" / "__0_0.distcp").read_bytes() == before
+
+
+def test_resume_refuses_a_checkpoint_of_another_architecture(tiny_parts, tmp_path, capsys):
+    demo = Path(__file__).parent.parent / "configs" / "demo.yaml"
+    train(tiny_parts.config(tmp_path, "train.max_steps=2"))
+    metrics = (tmp_path / "metrics.jsonl").read_text()
+    for override, culprit in (("bridge.type=mlp", "bridge.type is 'qformer' there and 'mlp' here"),
+                              ("llm.lora_r=8", "llm.lora_r is 4 there and 8 here"),
+                              ("loss.itm_weight=0", "trained the loss terms")):
+        capsys.readouterr()
+        assert main(["train", str(demo), *tiny_parts.overrides(tmp_path), "train.max_steps=4", override,
+                     "--resume"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and culprit in err[0] and str(tmp_path / "checkpoints") in err[0], err
+    assert (tmp_path / "metrics.jsonl").read_text() == metrics  # nothing written
+    assert latest_checkpoint(tmp_path).name == "step-0000002"
+
+
+def test_activation_checkpointing_recomputes_and_changes_no_number(tiny_parts, tmp_path, monkeypatch):
+    """Each bridge unit (and LM block) runs its forward again in the backward pass, and with dropout on, the
+    replayed RNG makes the recomputation the same: the losses are those of a run without it, bit for bit."""
+    from vlm.model.bridges.qformer import QFormerLayer
+
+    calls = []
+    forward = QFormerLayer.forward
+    monkeypatch.setattr(QFormerLayer, "forward", lambda self, *a, **k: calls.append(1) or forward(self, *a, **k))
+    args = ["train.max_steps=3", "train.lr=3e-3", "bridge.dropout=0.1", "llm.lora_dropout=0.1"]
+    forwards = {}
+    for name, extra in (("plain", []), ("ac", ["train.activation_checkpointing=true"])):
+        calls.clear()
+        train(tiny_parts.config(tmp_path / name, *args, *extra))
+        forwards[name] = len(calls)
+    assert forwards["ac"] == 2 * forwards["plain"] > 0
+    assert _train_losses(tmp_path / "ac") == _train_losses(tmp_path / "plain")

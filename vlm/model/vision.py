@@ -28,7 +28,8 @@ def _tag_preprocess(cfg: VisionConfig) -> dict:
     return {f"image_{k}": tag[k] for k in keep if k in tag}
 
 
-def create_open_clip(cfg: VisionConfig, load_weights: bool, device: str | torch.device = "cpu") -> tuple[nn.Module, object]:
+def create_open_clip(cfg: VisionConfig, load_weights: bool,
+                     device: str | torch.device = "cpu") -> tuple[nn.Module, object]:
     """The open_clip model `cfg` names and its eval image transform.
 
     `cfg.name` is a built-in or registered open_clip name (weights from `cfg.pretrained`: a tag or a local file),

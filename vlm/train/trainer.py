@@ -76,6 +76,7 @@ class Trainer:
                                   f"or choose another train.output_dir")
         # Everything a bad config, layout or checkpoint can fail on is checked before the model is built.
         self.strategy = make_strategy(cfg.train, self.device)
+        self.strategy.check(cfg)
         self.layout = checkpoint.Layout.of(cfg, self.world)
         restart = checkpoint.plan_resume(self.output_dir, cfg, self.rank, self.world) if resume else None
         train_urls = resolve_shards(cfg.data.train, "train") if batches is None else []
@@ -177,8 +178,8 @@ class Trainer:
         mix: Counter = Counter()  # languages and tasks of this window's examples
         waited, window_start = 0.0, time.perf_counter()  # seconds blocked on the loader in this window
         last: dict[str, float] = {}
-        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=None if cfg.progress and distributed.is_main() else True,
-                   desc="train", dynamic_ncols=True)
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", dynamic_ncols=True,
+                   disable=None if cfg.progress and distributed.is_main() else True)
         while self.step < cfg.max_steps:
             for micro in range(cfg.grad_accum):
                 t = time.perf_counter()

@@ -14,7 +14,7 @@ from torch.distributed._composable import checkpoint
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from vlm import precision
-from vlm.config import TrainConfig
+from vlm.config import Config, TrainConfig
 from vlm.data.batch import ModelInputs
 from vlm.model.vlm import VisionLLM
 from vlm.objective.objective import Objective
@@ -34,6 +34,9 @@ class Strategy:
         self.module: nn.Module | None = None  # what the loop calls: the objective as this strategy wraps it
 
     # --- set-up -------------------------------------------------------------------------------------
+
+    def check(self, cfg: Config) -> None:
+        """Refuse, in one line and before anything is built, a config this strategy cannot train."""
 
     def prepare(self, objective: Objective) -> nn.Module:
         """Activation checkpointing (if asked for), then the strategy's own wrapping; build the optimizer after

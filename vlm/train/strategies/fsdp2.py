@@ -19,6 +19,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from vlm import distributed, precision
+from vlm.config import Config, ConfigError
 from vlm.model.vlm import VisionLLM
 from vlm.objective.objective import Objective
 from vlm.train.strategies.base import Strategy
@@ -26,6 +27,15 @@ from vlm.train.strategies.base import Strategy
 
 class FSDP2(Strategy):
     name = "fsdp2"
+
+    def check(self, cfg: Config) -> None:
+        # FSDP2 flattens a unit's trainable parameters into one buffer of one dtype; a trained embedding table
+        # held in the LM's half precision would share the root unit with the fp32 heads.
+        dtype = precision.weight_dtype(cfg.llm.dtype, self.device)
+        if cfg.llm.train_embeddings and dtype != torch.float32:
+            raise ConfigError(f"'train.strategy' fsdp2 trains one dtype per unit, but llm.train_embeddings=true "
+                              f"would train the {str(dtype).removeprefix('torch.')} embedding table beside float32 "
+                              "heads: set llm.dtype=float32, llm.train_embeddings=false or another strategy")
 
     def wrap(self, objective: Objective) -> nn.Module:
         mesh = init_device_mesh(self.device.type, (distributed.world_size(),))
