@@ -67,11 +67,15 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="parameters, memory per GPU for each strategy, FLOPs and batch sizes")
     _add_config_args(plan)
     plan.add_argument("--gpus", type=int, default=8, help="GPUs to plan for (default: 8)")
-    plan.add_argument("--gpu-mem", type=float, default=80.0, help="memory per GPU in GB (default: 80)")
+    plan.add_argument("--gpu-mem", type=float, default=80.0, help="memory per GPU in GiB, as nvidia-smi counts it "
+                      "(an 80 GB card has 80; default: 80)")
     plan.add_argument("--global-batch", type=int, help="global batch to reach with grad_accum (default: the "
                       "config's batch_size x grad_accum x --gpus)")
     plan.add_argument("--strategies", default=",".join(s for s in STRATEGIES if s != "auto"),
                       help="strategies to compare (default: all)")
+    plan.add_argument("--device", default="cuda", help="cuda (default: llm.dtype and train.precision 'auto' mean "
+                      "bf16) or cpu (fp32, host memory: what `vlm plan` checks itself against)")
+    plan.add_argument("--json", help="also write the numbers to this JSON file")
 
     ev = sub.add_parser("eval", help="per-language retrieval, captioning and VQA on a benchmark suite")
     ev.add_argument("model", help="a release folder, a run folder or a checkpoint folder")

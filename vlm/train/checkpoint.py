@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,13 @@ ARCHITECTURE_KEYS = {
     "bridge": None,  # every key
     "llm": ("name", "kind", "lora_r", "lora_targets", "train_embeddings"),
 }
+
+
+def _dcp(call, state: dict, path: Path) -> None:
+    """dcp.save or dcp.load, without the warning DCP gives on every call in one process (a supported layout)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        call(state, checkpoint_id=str(path), no_dist=not distributed.is_distributed())
 
 
 # --- RNG -------------------------------------------------------------------------------------------
@@ -165,7 +173,7 @@ def save_checkpoint(output_dir: Path, step: int, strategy: Strategy, optimizer: 
     if tmp is not None:
         tmp.mkdir(parents=True)
     tmp = Path(distributed.broadcast_object(str(tmp)))
-    dcp.save(strategy.state_dicts(optimizer), checkpoint_id=str(tmp), no_dist=not distributed.is_distributed())
+    _dcp(dcp.save, strategy.state_dicts(optimizer), tmp)
     ranks = distributed.all_gather_object({"rng": rng_state(), "data": position.to_dict()})
     path = None
     if distributed.is_main():
@@ -242,7 +250,7 @@ def load_checkpoint(path: Path, strategy: Strategy, optimizer: torch.optim.Optim
     resharded to this run's strategy and world size."""
     state = strategy.state_dicts(optimizer)
     _check_tensors(path, state)
-    dcp.load(state, checkpoint_id=str(path), no_dist=not distributed.is_distributed())
+    _dcp(dcp.load, state, path)
     strategy.load_state_dicts(optimizer, state)
 
 
@@ -263,6 +271,6 @@ def load_trained_objective(path: str | Path, cfg: Config | None = None) -> Objec
     objective = Objective(VisionLLM(cfg, device="meta").load_weights())
     state = {"model": get_model_state_dict(objective, options=STATE_DICT_OPTIONS)}
     _check_tensors(folder, state)
-    dcp.load(state, checkpoint_id=str(folder), no_dist=not distributed.is_distributed())
+    _dcp(dcp.load, state, folder)
     set_model_state_dict(objective, state["model"], options=LOAD_OPTIONS)
     return objective
