@@ -39,9 +39,10 @@ class Objective(nn.Module):
         loss = model.cfg.loss
         self.model = model
         self.weights = active_loss_weights(model.cfg, model.bridge)
-        self.contrastive_loss = ContrastiveLoss(loss.init_temperature, loss.max_logit_scale)
-        if model.has_text_branch:
-            self.itc_loss = ItcLoss(loss.init_temperature, loss.max_logit_scale, loss.itc_label_smoothing)
+        with torch.device(model.device):  # the temperatures live beside the network (the meta device too)
+            self.contrastive_loss = ContrastiveLoss(loss.init_temperature, loss.max_logit_scale)
+            if model.has_text_branch:
+                self.itc_loss = ItcLoss(loss.init_temperature, loss.max_logit_scale, loss.itc_label_smoothing)
         self.routing = RoutingStats()
 
     def logit_scales(self) -> dict[str, float]:

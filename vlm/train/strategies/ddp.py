@@ -18,7 +18,9 @@ class DDP(Strategy):
     def wrap(self, objective: Objective) -> nn.Module:
         # An inactive term's head, or experts no pair picked (top-k routing), get no gradient in some steps:
         # DDP must then look for unused parameters.
-        return DistributedDataParallel(objective, find_unused_parameters=may_skip_parameters(objective))
+        # Gradients as views of the all-reduce buckets: no second copy of them on every GPU.
+        return DistributedDataParallel(objective, find_unused_parameters=may_skip_parameters(objective),
+                                       gradient_as_bucket_view=True)
 
     def accumulating(self, last_micro_step: bool) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext() if last_micro_step else self.module.no_sync()
