@@ -3,11 +3,13 @@ language, tokenize, collate) against the samples/s training consumes.
 
 Two data sets, built in a temp folder with the code `vlm prep` runs:
 - demo: the demo's synthetic scenes (64 px PNG, 8 languages, phrase-table translations), at the demo's
-  image size and tasks: the loader of `vlm demo`;
+  image size and tasks: the loader of `vlm demo`; also read through a feature cache (`vlm prep features`, bf16,
+  of the demo-sized CLIP of benchmarks/train_step.py), which reads tokens instead of decoding images;
 - photo: 256 px JPEGs (img2dataset's default size and format) transformed to 224 px, a GPU recipe's loader.
 Each is read through `TrainStream` + `make_train_loader` (what the trainer uses) with 0, 1 and 2 workers.
 In the same run, benchmarks/train_step.py times the demo config's training step (forward, backward, AdamW
-on a fixed batch): the samples/s training consumes. Run from the repository root:
+on a fixed batch), from pixels and from cached tokens: the samples/s training consumes. Run from the
+repository root:
 
     python benchmarks/loader_throughput.py [--batches 30] [--out benchmarks/loader_throughput.json]
 """
@@ -32,10 +34,13 @@ from vlm.config import load_config
 from vlm.data.collate import Collator
 from vlm.data.shards import resolve_shards
 from vlm.data.stream import TrainStream, make_train_loader
+from vlm.feature_prep import plan_features, write_features
+from vlm.model.vision import ImageEncoder
 from vlm.parts import train_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "configs" / "demo.yaml"
+CACHED = "demo through the feature cache (bf16 tokens)"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from train_step import make_parts, time_variant  # noqa: E402 - the sibling benchmark's demo-sized parts
 
@@ -64,9 +69,18 @@ def measure(urls: list[str], overrides: list[str], transform, collator: Collator
     for _ in range(3):  # worker start-up and the shuffle buffer's first fill are not counted
         next(loader)
     start = time.perf_counter()
-    samples = sum(next(loader)["images"].shape[0] for _ in range(batches))
+    samples = sum(len(next(loader).inputs) for _ in range(batches))
     seconds = time.perf_counter() - start
     return {"workers": workers, "samples_per_s": round(samples / seconds, 1), "batch_size": cfg.train.batch_size}
+
+
+def write_cache(overrides: list[str], out: Path) -> None:
+    """`vlm prep features` of the config's data.train, in bf16."""
+    cfg = load_config(DEMO, [*overrides, "data.val=[]"])
+    jobs, identity = plan_features(cfg, out, "bf16")
+    encoder = ImageEncoder(cfg.vision)
+    encoder.load_weights()
+    write_features(jobs, encoder, identity, out, "bf16", progress=False)
 
 
 def main() -> None:
@@ -83,10 +97,15 @@ def main() -> None:
         demo_cfg = load_config(DEMO)
         prepare_synthetic(Path(tmp) / "demo", 2000, 10, demo_cfg.data.languages, image_size=demo_cfg.data.image_size,
                           shard_size=250)
+        parts = make_parts(Path(tmp))
+        demo_data = [f"data.train=[{Path(tmp) / 'demo'}]", f"vision.name=local-dir:{parts['clip']}"]
+        write_cache(demo_data, Path(tmp) / "features")
         sets = {
             "demo (64 px PNG, 8 languages)": (resolve_shards([str(Path(tmp) / "demo")], "train"),
                                               [f"data.train=[{Path(tmp) / 'demo'}]"],
                                               open_clip.image_transform(demo_cfg.data.image_size, is_train=False)),
+            CACHED: (resolve_shards([str(Path(tmp) / "demo")], "train"),
+                     [*demo_data, f"data.features={Path(tmp) / 'features'}"], None),
             "photo (256 px JPEG -> 224 px)": (photo_shards(Path(tmp) / "photo", 2000),
                                               [f"data.train=[{Path(tmp) / 'photo' / 'train-*.tar'}]", "data.languages=[en]",
                                                "data.image_size=224"],
@@ -97,15 +116,18 @@ def main() -> None:
                 row = {"data": name, **measure(urls, overrides, transform, collator, workers, args.batches)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-        training = time_variant(make_parts(Path(tmp)), [], steps=15, bf16=False)["samples_per_s"]
+        training = time_variant(parts, [], steps=15, bf16=False)["samples_per_s"]
+        cached = time_variant(parts, [], steps=15, bf16=False, cached=True)["samples_per_s"]
     info = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
-    Path(args.out).write_text(json.dumps({"machine": info, "demo_training_samples_per_s": training, "rows": rows},
+    Path(args.out).write_text(json.dumps({"machine": info, "demo_training_samples_per_s": training,
+                                          "demo_training_from_cache_samples_per_s": cached, "rows": rows},
                                          indent=2) + "\n")
-    print(f"\ndemo training step consumes {training} samples/s")
-    print("| data | workers | loader samples/s | x demo training |")
+    print(f"\ndemo training step consumes {training} samples/s from pixels, {cached} from cached tokens")
+    print("| data | workers | loader samples/s | x demo training (from the cache: x training from the cache) |")
     print("|---|---|---|---|")
     for row in rows:
-        print(f"| {row['data']} | {row['workers']} | {row['samples_per_s']} | {row['samples_per_s'] / training:.1f} |")
+        consumed = cached if row["data"] == CACHED else training
+        print(f"| {row['data']} | {row['workers']} | {row['samples_per_s']} | {row['samples_per_s'] / consumed:.1f} |")
 
 
 if __name__ == "__main__":

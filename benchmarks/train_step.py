@@ -10,6 +10,7 @@ AdamW of `VisionLLM` on one fixed batch per variant. Run from the repository roo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import tempfile
@@ -59,7 +60,9 @@ def batch_for(model: VisionLLM, kind: str, size: int) -> dict:
     return model.collator()(examples)
 
 
-def time_variant(parts: dict, overrides: list[str], steps: int, bf16: bool) -> dict:
+def time_variant(parts: dict, overrides: list[str], steps: int, bf16: bool, cached: bool = False) -> dict:
+    """`cached`: the batch carries the frozen encoder's tokens (bf16, as `vlm prep features` stores them) instead of
+    pixels, as training with data.features does."""
     kind = "seq2seq" if "llm.kind=seq2seq" in overrides else "causal"
     cfg = load_config(ROOT / "configs" / "demo.yaml", [
         f"vision.name=local-dir:{parts['clip']}", f"llm.name={parts[kind]}", f"llm.tokenizer={parts['tokenizer']}",
@@ -68,6 +71,8 @@ def time_variant(parts: dict, overrides: list[str], steps: int, bf16: bool) -> d
     model = VisionLLM(cfg).load_weights()
     objective = Objective(model).train()
     batch = batch_for(model, kind, cfg.train.batch_size)
+    if cached:
+        batch = dataclasses.replace(batch, images=None, image_tokens=model.vision(batch.images).to(torch.bfloat16))
     optimizer = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=1e-4)
     times = []
     for i in range(steps + 3):

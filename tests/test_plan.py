@@ -157,10 +157,13 @@ def _expected_flops(name: str, trace) -> tuple[int, int, int]:
     else:
         enc_tokens, dec_tokens = 0, w.lm_tokens
     linears, attention = _lm_linears(config, enc_tokens, dec_tokens)
-    base = sum(2 * i * o * t for i, o, t in linears) + 2 * dec_tokens * llm_width * config["vocab_size"]
+    base = sum(2 * i * o * t for i, o, t in linears)
+    # The LM head runs on the labelled (target) positions only, and the loss's gradients are taken in its forward
+    # pass while the logits exist (vlm/model/lm_loss.py): the input gradient, and the weight's when it is trained.
+    lm_head = 2 * w.target_tokens * llm_width * config["vocab_size"] * (3 if cfg.llm.train_embeddings else 2)
     lora = sum(2 * cfg.llm.lora_r * (i + o) * t for i, o, t in linears)
     head = 2 * w.target_tokens * llm_width * cfg.loss.contrastive_dim  # the caption side of the contrastive head
-    forward = encoder + bridge + base + lora + attention + head
+    forward = encoder + bridge + base + lm_head + lora + attention + head
     attention_backward = 2.0 if config["model_type"] == "bloom" else 2.5
     backward = 2 * bridge + base + 2 * lora + attention_backward * attention + head
     return encoder, forward, int(backward)
@@ -296,6 +299,11 @@ def test_vlm_plan_prints_the_table_and_writes_json(tiny_parts, tmp_path, capsys)
     assert ddp["fits"] and ddp["micro_batch"] * ddp["grad_accum"] * 2 == numbers["global_batch"] == 4 * 2
     assert f"{ddp['memory_bytes']['peak'] / GIB:.2f}" in printed
     assert numbers["precision"] == {"bf16_autocast": False, "llm_dtype": "float32"}
+    # the feature cache: the tiny ViT's 16 patches + CLS, 32 wide, in bf16
+    assert numbers["feature_cache"] == {"tokens": [17, 32], "dtype": "bf16", "bytes_per_image": 17 * 32 * 2,
+                                        "bytes_per_million_images": 17 * 32 * 2 * 10**6}
+    assert "feature cache (`vlm prep features`, bf16): 17 x 32 encoder tokens, 1.062 KiB per image, 1.013 GiB per " \
+           "million images on disk" in printed
 
 
 def test_a_hub_id_outside_the_cache_exits_2_naming_it(tmp_path, capsys, monkeypatch):

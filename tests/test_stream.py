@@ -422,6 +422,44 @@ def test_stream_with_every_task_and_bad_samples_resumes_exactly(skewed, bad_shar
         assert [b.telemetry.consumed for b in again] == [b.telemetry.consumed for b in straight[at:]]
 
 
+class _LengthCollator:
+    """The test collation, plus the lengths length-grouping sorts by (characters here, tokens in the real one)."""
+
+    def __call__(self, examples: list) -> dict:
+        return _collate(examples)
+
+    def lengths(self, examples: list) -> list[int]:
+        return [len(e.prompt) + len(e.target) for e in examples]
+
+
+def _length_spread(batches: list) -> int:
+    lengths = [[len(e.prompt) + len(e.target) for e in b.inputs["examples"]] for b in batches]
+    return sum(max(row) - min(row) for row in lengths)
+
+
+def test_length_grouping_regroups_each_window_and_resumes_mid_window(shards):
+    """Each window of 4 batches holds the samples an ungrouped stream's 4 batches hold, in batches of neighbours;
+    a run resumed after any batch of a window continues as the uninterrupted one."""
+    plain_cfg = _cfg(tasks=["caption", "vqa", "match"], task_weights=[1, 1, 1])
+    cfg = _cfg(tasks=["caption", "vqa", "match"], task_weights=[1, 1, 1], group_by_length=4)
+
+    def stream(config, position=None):
+        return TrainStream(shards, config, _transform, _LengthCollator(), 8, seed=0, position=position)
+
+    plain, grouped = _take(stream(plain_cfg), 12), _take(stream(cfg), 12)
+    for w in range(0, 12, 4):
+        assert sorted(_signature(grouped[w: w + 4])) == sorted(_signature(plain[w: w + 4]))
+        assert _length_spread(grouped[w: w + 4]) < _length_spread(plain[w: w + 4])
+    assert [b.telemetry.window_batches for b in grouped[:4]] == [1, 2, 3, 0]
+    for at in (4, 5, 6, 7):
+        done = grouped[at - 1].telemetry
+        position = StreamPosition(batches=at, consumed={0: done.consumed}, window_batches={0: done.window_batches})
+        position = StreamPosition.from_dict(position.to_dict())  # as a checkpoint keeps it
+        again = _take(stream(cfg, position), 12 - at)
+        assert _signature(again) == _signature(grouped[at:]), at
+        assert [b.telemetry for b in again][1:] == [b.telemetry for b in grouped[at + 1:]]
+
+
 def test_validation_batches_are_fixed(shards):
     cfg = _cfg(tasks=["caption", "vqa", "match"], task_weights=[1, 1, 1])
     first = fixed_batches(shards, cfg, _transform, _collate, 8, 4, seed=0)
@@ -437,6 +475,7 @@ def test_stream_config_keys_are_validated():
     assert DataConfig().language_alpha == 0.3 and DataConfig().templates == "" and not DataConfig().resampled
     for bad, culprit in [({"language_alpha": 1.5}, "data.language_alpha"),
                          ({"shuffle_buffer": 0}, "data.shuffle_buffer"),
+                         ({"group_by_length": -1}, "data.group_by_length"),
                          ({"tasks": ["caption", "matching"], "task_weights": [1, 1]}, "data.tasks")]:
         with pytest.raises(ConfigError, match=culprit):
             config_from_dict({"data": bad})

@@ -98,6 +98,9 @@ class LLMConfig:
     # (colours, shapes) near-identical embeddings; see shared/reference/demo_feasibility.md section 4.
     train_embeddings: bool = False
     max_length: int = 64  # prompt + target tokens, truncated beyond
+    # The LM's logits and cross-entropy only at labelled positions, in vocabulary-bounded chunks (the same loss,
+    # vlm/model/lm_loss.py); false, or an architecture it does not know: transformers' loss over every position.
+    labelled_logits: bool = True
     trust_remote_code: bool = False
 
 
@@ -151,6 +154,13 @@ class DataConfig:
     # Training picks one of a language's templates per example; false: always the first (the one evaluation
     # uses), for a small LM that was pre-trained on those prompts alone.
     template_variants: bool = True
+    # A feature cache written by `vlm prep features` (vlm/data/features.py): training reads the frozen encoder's
+    # tokens from it instead of decoding and encoding the images; it must have been made by the config's encoder
+    # (name, weights, layer, image size, include_cls), or training stops in one line. "": off, pixels.
+    features: str = ""
+    # Length-grouped batching (vlm/data/length_grouping.py): the examples of each window of this many batches are
+    # sorted by length and cut into batches of neighbours (less padding), in a shuffled order. 0: off.
+    group_by_length: int = 0
 
 
 @dataclass
@@ -277,6 +287,7 @@ TASKS = ("caption", "vqa", "match")  # match: caption matching, yes/no (mBLIP v2
 PRECISIONS = ("auto", "fp32", "bf16")
 STRATEGIES = ("auto", "single", "ddp", "fsdp2")  # vlm/train/strategies/<name>.py, auto resolved at launch
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+FEATURE_DTYPES = ("bf16", "fp16", "fp32")  # what `vlm prep features` stores tokens in
 
 
 # --- loading -------------------------------------------------------------------------------------
@@ -450,6 +461,7 @@ def validate(cfg: Config) -> None:
     _check(data.image_size >= 8, "'data.image_size' must be >= 8")
     _check(data.num_workers >= 0, "'data.num_workers' must be >= 0")
     _check(data.shuffle_buffer >= 1, "'data.shuffle_buffer' must be >= 1")
+    _check(data.group_by_length >= 0, "'data.group_by_length' must be >= 0 (batches per window; 0: off)")
     _check(0.0 <= data.language_alpha <= 1.0,
            "'data.language_alpha' must be in [0, 1] (1: the data's natural language mix, 0: uniform)")
     if data.templates and Path(data.templates).is_file():  # a missing file is check_paths' business

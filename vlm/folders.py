@@ -1,6 +1,6 @@
 """The one atomic-folder writer: releases, exports and checkpoints are written into a hidden staging folder
 beside their destination and renamed into place, so a kill never leaves a half-written folder and an earlier
-one stays whole until the new one is complete."""
+one stays whole until the new one is complete. `atomic_file` does the same for one file (a feature cache's)."""
 
 from __future__ import annotations
 
@@ -46,3 +46,16 @@ def atomic_folder(folder: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     publish_folder(tmp, folder)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """`with atomic_file(path) as tmp:` write the file tmp; on success it becomes `path`, on an error it is removed."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from data_prep.build_shards import FORMATS as SHARD_FORMATS
 from data_prep.translate import BACKENDS
-from vlm.config import STRATEGIES, SUITES
+from vlm.config import FEATURE_DTYPES, STRATEGIES, SUITES
 
 EXPORT_FORMATS = ("native", "hf-blip2")
 DEFAULT_DEMO_CONFIG = Path(__file__).resolve().parent.parent.parent / "configs" / "demo.yaml"
@@ -52,6 +52,13 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     ct2.add_argument("model", help="a hub id or local folder of the transformers model")
     ct2.add_argument("--out", required=True)
     ct2.add_argument("--quantization", help="int8, int8_float16, float16, ... (default: as saved)")
+    feats = prep_sub.add_parser("features", help="run the frozen image encoder once over the training shards and "
+                                "store its tokens, which training reads with data.features=PATH")
+    _add_config_args(feats)
+    feats.add_argument("--out", help="the cache folder (default: data.features, else features/ beside the first "
+                       "data.train shard)")
+    feats.add_argument("--dtype", choices=FEATURE_DTYPES, default="bf16", help="storage dtype (default: bf16)")
+    feats.add_argument("--batch-size", type=int, default=64, help="images per encoder forward (default: 64)")
     synth = prep_sub.add_parser("synthetic", help="synthetic scenes, translated by the phrase-table backend")
     synth.add_argument("--out", required=True)
     synth.add_argument("--n-train", type=int, default=20000)

@@ -1,4 +1,5 @@
-"""`vlm prep shards | translate | ct2 | synthetic`: training shards from your data, translated, or synthetic."""
+"""`vlm prep shards | translate | features | ct2 | synthetic`: training shards from your data, translated, or
+synthetic, and the frozen encoder's tokens of them."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import json
 import re
 from pathlib import Path
 
-from vlm.config import ConfigError, load_config
+from vlm.config import ConfigError, check_paths, load_config
 
 _OVERRIDE = re.compile(r"[a-z_]+(\.[a-z_]+)+=.*", re.DOTALL)
 
@@ -16,6 +17,8 @@ def run(args) -> int:
         return _prep_shards(args)
     if args.source == "translate":
         return _prep_translate(args)
+    if args.source == "features":
+        return _prep_features(args)
     if args.source == "ct2":
         from data_prep.neural_mt import convert_to_ct2
 
@@ -87,4 +90,31 @@ def _prep_translate(args) -> int:
         print(format_table(manifest["filters"]["per_language"]))
         print(f"{translation['texts_this_run']} texts translated at {translation['texts_per_second']} texts/s "
               f"over {translation['world_size']} rank(s); rejected translations: {Path(args.out) / 'rejected'}")
+    return 0
+
+
+def _prep_features(args) -> int:
+    from vlm import distributed
+    from vlm.feature_prep import default_out, format_summary, plan_features, write_features
+    from vlm.model.vision import ImageEncoder
+
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    cfg = load_config(args.config, args.overrides)
+    check_paths(cfg)
+    out = Path(args.out) if args.out else default_out(cfg)
+    jobs, identity = plan_features(cfg, out, args.dtype)  # refusals come before the encoder is built
+    device = distributed.init_distributed()
+    try:
+        encoder = ImageEncoder(cfg.vision)
+    except ValueError as err:  # vision.layer outside the encoder's blocks
+        raise ConfigError(str(err)) from None
+    encoder.load_weights()
+    summary = write_features(jobs, encoder.to(device), identity, out, args.dtype, batch_size=args.batch_size,
+                             num_workers=cfg.data.num_workers, precision_setting=cfg.train.precision,
+                             rank=distributed.rank(), world_size=distributed.world_size(),
+                             barrier=distributed.barrier)
+    distributed.shutdown()
+    if summary is not None:
+        print(format_summary(summary))
     return 0

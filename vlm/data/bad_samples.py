@@ -8,8 +8,9 @@ from collections import Counter
 from collections.abc import Callable
 
 log = logging.getLogger(__name__)
+# no_features: training from a feature cache (data.features) that has no tokens for the sample.
 BAD_REASONS = ("corrupt_image", "no_image", "missing_json", "bad_json", "tar_error", "no_language", "empty_caption",
-               "no_task")
+               "no_task", "no_features")
 # Samples turned away by language sampling are not bad, and are counted apart.
 REJECTED = "language_rejected"
 

@@ -59,6 +59,9 @@ class StreamTelemetry:
     epoch: int  # the pass over its shards this role is in
     bad_samples: dict[str, int] = field(default_factory=dict)  # reason -> samples skipped since the last batch
     rejected: int = 0  # samples language sampling turned away since the last batch
+    # With data.group_by_length, batches come a window at a time: `consumed` is then where this batch's window
+    # starts, and `window_batches` how many of the window's batches have been handed out (0: the window is done).
+    window_batches: int = 0
 
 
 @dataclass

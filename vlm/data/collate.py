@@ -11,13 +11,14 @@ from vlm.data.batch import IGNORE_INDEX, ModelInputs
 
 @dataclass
 class Example:
-    image: torch.Tensor  # (3, H, W), already transformed
+    image: torch.Tensor | None  # (3, H, W), already transformed; None when image_tokens stand in for it
     prompt: str
     target: str
     caption: str  # a caption in the same language, for the contrastive loss
     lang: str
     task: str
     image_id: int = -1  # the same for every example of one image (ITC/ITM treat them as positives); -1: unknown
+    image_tokens: torch.Tensor | None = None  # (N, D) the frozen encoder's output, from a feature cache
 
 
 def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
@@ -41,6 +42,13 @@ def bridge_text_ids(tokenizer, texts: list[str], max_length: int) -> tuple[torch
         ids[i, : len(row)] = torch.tensor(row)
         mask[i, : len(row)] = 1
     return ids, mask
+
+
+def _visual_input(examples: list[Example]) -> dict[str, torch.Tensor]:
+    """The batch's pixels (`images`) or, read from a feature cache, its encoder tokens (`image_tokens`)."""
+    if examples[0].image_tokens is not None:
+        return {"image_tokens": torch.stack([e.image_tokens for e in examples])}
+    return {"images": torch.stack([e.image for e in examples])}
 
 
 class Collator:
@@ -74,6 +82,11 @@ class Collator:
             target_ids = target_ids[: self.max_length - 1] + [self.eos_id]
             pairs.append((prompt_ids[: max(self.max_length - len(target_ids), 1)], target_ids))
         return pairs
+
+    def lengths(self, examples: list[Example]) -> list[int]:
+        """The LM tokens each example takes (prompt + target), for length-grouped batching."""
+        pairs = self.encode_many([e.prompt for e in examples], [e.target for e in examples])
+        return [len(prompt) + len(target) for prompt, target in pairs]
 
     def encode(self, prompt: str, target: str) -> tuple[list[int], list[int]]:
         return self.encode_many([prompt], [target])[0]
@@ -110,7 +123,7 @@ class Collator:
             caption_ids=_pad(captions, self.pad_id),
             caption_mask=_pad([[1] * len(c) for c in captions], 0),
             image_ids=torch.tensor([e.image_id for e in examples], dtype=torch.long),
-            images=torch.stack([e.image for e in examples]),
+            **_visual_input(examples),
             langs=[e.lang for e in examples],
             tasks=[e.task for e in examples],
             **bridge,

@@ -1,5 +1,6 @@
 """One raw tar sample -> one training Example: its json, then a language (temperature sampling), a task and a
-template of that language, decided before any image is decoded; unusable samples are skipped and counted."""
+template of that language, decided before any image is decoded, then the image, or with `data.features` the
+frozen encoder's tokens of it from the feature cache; unusable samples are skipped and counted."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from vlm.config import DataConfig
 from vlm.data.bad_samples import REJECTED, BadSamples
 from vlm.data.collate import Example
+from vlm.data.features import FeatureCache
 from vlm.data.images import BadImage, decode_image
 from vlm.data.language_sampling import LanguageSampler
 from vlm.data.records import image_member, parse_record
@@ -58,6 +60,7 @@ class ExampleMaker:
                         for lang in cfg.languages for task, _ in self.tasks}
         self.answers = {lang: match_templates(lang, self.templates)[1] for lang in cfg.languages}
         self.pool: deque | None = deque(maxlen=MATCH_POOL) if any(t == "match" for t, _ in self.tasks) else None
+        self.features = FeatureCache(cfg.features) if cfg.features else None
 
     def captions(self, record: dict) -> dict[str, list[str]]:
         """The non-empty captions of `record` per language of data.languages (in that order)."""
@@ -149,6 +152,12 @@ class ExampleMaker:
                 return None
             if isinstance(plan, str):
                 return self._skip(plan, sample)
+            if self.features is not None:  # the image is not decoded at all
+                tokens = self.features.tokens(sample["__url__"], key)
+                if tokens is None:
+                    return self._skip("no_features", sample)
+                return Example(None, plan.prompt, plan.target, plan.caption, plan.lang, plan.task, image_id(key),
+                               image_tokens=tokens)
             try:
                 image = decode_image(sample[ext])
             except BadImage:

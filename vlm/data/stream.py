@@ -26,6 +26,7 @@ from vlm.data.batch import Batch, StreamTelemetry
 from vlm.data.collate import Collator, Example
 from vlm.data.examples import MATCH_POOL, ExampleMaker, sample_rng, warn_template_fallbacks
 from vlm.data.language_sampling import language_sampler
+from vlm.data.length_grouping import group_by_length
 from vlm.data.records import parse_record
 from vlm.data.shards import stream_shards
 from vlm.data.templates import load_templates
@@ -65,28 +66,35 @@ class StreamPosition:
     ranks or workers cannot: the shards are partitioned differently. It then starts a fresh pass on every role
     (`next_pass`): the pass after the furthest any saved role had reached, seeded like any other pass, so the
     resumed run is still deterministic; what the interrupted pass had not yet read is skipped, nothing is read
-    twice in a pass."""
+    twice in a pass. With `data.group_by_length`, a role's `consumed` is where its current window starts and
+    `window_batches` how many of that window's batches were handed out: a resumed role rereads the window, regroups
+    it identically and hands out the rest."""
 
     batches: int = 0  # batches handed to the trainer on this rank
     consumed: dict[int, int] = field(default_factory=dict)  # role -> raw samples read (incl. bad ones)
     epochs: dict[int, int] = field(default_factory=dict)  # role -> the pass it is in
     start_epoch: int = 0
+    # role -> batches of its current length-grouping window already handed out (`consumed` is the window's start)
+    window_batches: dict[int, int] = field(default_factory=dict)
 
     def advance(self, telemetry: StreamTelemetry) -> None:
         """Account for one batch handed to the trainer."""
         self.batches += 1
         self.consumed[telemetry.role] = telemetry.consumed
         self.epochs[telemetry.role] = telemetry.epoch
+        self.window_batches[telemetry.role] = telemetry.window_batches
 
     def to_dict(self) -> dict:
         return {"batches": self.batches, "consumed": {str(k): v for k, v in self.consumed.items()},
-                "epochs": {str(k): v for k, v in self.epochs.items()}, "start_epoch": self.start_epoch}
+                "epochs": {str(k): v for k, v in self.epochs.items()}, "start_epoch": self.start_epoch,
+                "window_batches": {str(k): v for k, v in self.window_batches.items()}}
 
     @classmethod
     def from_dict(cls, data: dict) -> StreamPosition:
         return cls(batches=int(data["batches"]), consumed={int(k): int(v) for k, v in data["consumed"].items()},
                    epochs={int(k): int(v) for k, v in data.get("epochs", {}).items()},
-                   start_epoch=int(data.get("start_epoch", 0)))
+                   start_epoch=int(data.get("start_epoch", 0)),
+                   window_batches={int(k): int(v) for k, v in data.get("window_batches", {}).items()})
 
     @classmethod
     def next_pass(cls, saved: list[StreamPosition]) -> StreamPosition:
@@ -166,9 +174,11 @@ class TrainStream(IterableDataset):
         role = (worker + self.position.batches) % self.num_roles
         bad = BadSamples()
         maker = ExampleMaker(self.cfg, self.transform, self.templates, self.sampler, bad)
-        skip = consumed = self.position.consumed.get(role, 0)
+        skip = consumed = window_start = self.position.consumed.get(role, 0)
+        handed_out = self.position.window_batches.get(role, 0)  # of the window that starts at `skip`
         refill = skip - MATCH_POOL if maker.pool is not None else skip  # rebuild the matching pool
         bad.enabled = skip == 0
+        window = self.batch_size * max(self.cfg.group_by_length, 1)
         examples: list[Example] = []
         rejected_reported = 0
         for index, (epoch, tag, sample) in enumerate(self._raw_stream(role, bad.handler)):
@@ -182,11 +192,29 @@ class TrainStream(IterableDataset):
             if example is None:
                 continue
             examples.append(example)
-            if len(examples) == self.batch_size:
-                telemetry = StreamTelemetry(role, consumed, epoch, bad.take(), maker.rejected - rejected_reported)
-                rejected_reported = maker.rejected
-                yield Batch(self.collator(examples), telemetry)
-                examples = []
+            if len(examples) < window:
+                continue
+            # The window's skipped samples and rejections are reported with its first batch.
+            skipped, rejected = bad.take(), maker.rejected - rejected_reported
+            rejected_reported = maker.rejected
+            batches = self._batches_of(examples, role, window_start)
+            for number, chunk in enumerate(batches, start=1):
+                if number <= handed_out:  # a resumed run: handed out before the checkpoint
+                    continue
+                last = number == len(batches)
+                telemetry = StreamTelemetry(role, consumed if last else window_start, epoch,
+                                            skipped if number == 1 else {}, rejected if number == 1 else 0,
+                                            window_batches=0 if last else number)
+                yield Batch(self.collator(chunk), telemetry)
+            examples, window_start, handed_out = [], consumed, 0
+
+    def _batches_of(self, examples: list[Example], role: int, window_start: int) -> list[list[Example]]:
+        """One window's batches: as they came, or grouped by length (seeded by where the window starts, so a
+        resumed run regroups it the same way)."""
+        if not self.cfg.group_by_length:
+            return [examples]
+        rng = random.Random(hash((self.seed, self.rank, role, window_start)))  # ints: hash() is not salted
+        return group_by_length(examples, self.collator.lengths(examples), self.batch_size, rng)
 
 
 def make_train_loader(stream: TrainStream, num_workers: int) -> DataLoader:

@@ -24,6 +24,7 @@ from transformers.initialization import no_init_weights
 
 from vlm.config import LLMConfig
 from vlm.data.batch import IGNORE_INDEX
+from vlm.model.lm_loss import final_hidden_states, labelled_lm_loss, supports_labelled_logits
 from vlm.model.weights import copy_tensors
 from vlm.precision import weight_dtype
 
@@ -162,6 +163,8 @@ class LanguageModel(nn.Module):
         if not self.is_seq2seq:
             ignore = labels.new_full(prefix.shape[:2], IGNORE_INDEX)  # no loss on the visual positions
             labels = torch.cat([ignore, labels], dim=1)
+        if self.cfg.labelled_logits and supports_labelled_logits(self.base_model):
+            return labelled_lm_loss(self.base_model, final_hidden_states(self.base_model, embeds, mask, labels), labels)
         # No KV cache in training: nothing reads it, and activation checkpointing's recomputation would append to it.
         return self.model(inputs_embeds=embeds, attention_mask=mask, labels=labels, use_cache=False).loss
 

@@ -98,10 +98,10 @@ class ImageEncoder(nn.Module):
         clip_model, preprocess = create_open_clip(cfg, load_weights=False, device=device)
         self.visual = clip_model.visual  # the text tower is dropped here
         self.preprocess = preprocess  # eval transform, used for training and evaluation alike
-        num_blocks, self.width = _blocks_and_width(self.visual, cfg.name)
-        layer = cfg.layer if cfg.layer >= 0 else num_blocks + cfg.layer
-        if not 0 <= layer < num_blocks:
-            raise ValueError(f"vision.layer={cfg.layer} is outside the {num_blocks} blocks of '{cfg.name}'")
+        self.num_blocks, self.width = _blocks_and_width(self.visual, cfg.name)
+        layer = cfg.layer if cfg.layer >= 0 else self.num_blocks + cfg.layer
+        if not 0 <= layer < self.num_blocks:
+            raise ValueError(f"vision.layer={cfg.layer} is outside the {self.num_blocks} blocks of '{cfg.name}'")
         self.layer_index = layer
         self.visual.requires_grad_(False)
         self.visual.eval()

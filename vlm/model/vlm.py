@@ -124,7 +124,9 @@ class VisionLLM(nn.Module):
 
     def image_tokens(self, inputs: ModelInputs) -> torch.Tensor:
         """The frozen encoder's tokens of a batch: given (a feature cache), or computed from its pixels."""
-        return inputs.image_tokens if inputs.image_tokens is not None else self.vision(inputs.images)
+        if inputs.image_tokens is not None:  # stored in bf16 or fp16, perhaps: cast to what the encoder returns
+            return inputs.image_tokens.to(next(self.vision.parameters()).dtype)
+        return self.vision(inputs.images)
 
     def visual(self, images: torch.Tensor, prompt_ids: torch.Tensor | None = None,
                prompt_mask: torch.Tensor | None = None) -> BridgeOutput:

@@ -20,6 +20,7 @@ class Workload:
     visual + prompt, the decoder the target. The caption (contrastive loss) is as long as the target."""
 
     image_size: int  # pixels, the encoder's own input size (its preprocess resizes to it)
+    encoder_tokens: tuple[int, int]  # (N, D) of the frozen encoder's output: what a feature cache stores per image
     visual_tokens: int  # what the bridge puts in front of the LM input
     prompt_tokens: int
     target_tokens: int
@@ -35,8 +36,8 @@ class Workload:
         with torch.no_grad():  # the frozen encoder's token count, from one image (no data on the meta device)
             tokens = model.vision(torch.zeros(1, 3, image_size, image_size, device=model.device))
         visual = cfg.bridge.num_queries if cfg.bridge.type == "qformer" else tokens.shape[1]
-        return cls(image_size=image_size, visual_tokens=visual, prompt_tokens=prompt,
-                   target_tokens=cfg.llm.max_length - prompt,
+        return cls(image_size=image_size, encoder_tokens=tuple(tokens.shape[1:]), visual_tokens=visual,
+                   prompt_tokens=prompt, target_tokens=cfg.llm.max_length - prompt,
                    bridge_text_tokens=cfg.bridge.max_text_length if model.has_text_branch else 0,
                    seq2seq=cfg.llm.kind == "seq2seq")
 

@@ -13,12 +13,15 @@ planner's trace does there instead (`meta_compatible`). Everything else in the s
   distinct images every row has one, so the multimodal pass runs on the 3B pairs BLIP-2 builds (B positives,
   B texts with a negative image, B images with a negative text); which images are drawn does not change memory or
   FLOPs, and the sampling itself (no grad, B x B) is left out.
+- the LM loss selects its labelled positions with a boolean mask (vlm/model/lm_loss.py): the synthetic batch labels
+  exactly the target tokens, the last `target_tokens` positions (causal) or every decoder position (seq2seq).
 - the MoE's per-language routing statistics are host-side CPU copies (B x experts), left out.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import types
 from collections.abc import Iterator
 
@@ -26,13 +29,15 @@ import torch
 import torch.nn.functional as F
 import transformers.masking_utils
 
+from vlm.model import lm_loss
 from vlm.objective import objective as objective_module
 from vlm.objective.objective import Objective
+from vlm.plan.inputs import Workload
 from vlm.plan.target_ops import TargetOps
 
 
 @contextlib.contextmanager
-def meta_compatible(objective: Objective, ops: TargetOps) -> Iterator[None]:
+def meta_compatible(objective: Objective, ops: TargetOps, workload: Workload) -> Iterator[None]:
     """Within this context `objective` runs a training step on meta tensors (see the module docstring)."""
     is_tracing = transformers.masking_utils.is_tracing
     real_autocast = torch.autocast
@@ -48,6 +53,7 @@ def meta_compatible(objective: Objective, ops: TargetOps) -> Iterator[None]:
         (torch, "autocast", autocast),
         (objective_module, "_trim_bridge_text", lambda ids, mask: (ids, mask)),
         (objective_module, "itg_loss", _itg_loss_every_position),
+        (lm_loss, "labelled_rows", functools.partial(_target_rows, target_tokens=workload.target_tokens)),
     ]
     instance_patches = {"_itm_loss": types.MethodType(_itm_loss_all_negatives, objective), "routing": _NoRouting()}
     originals = [(owner, name, getattr(owner, name)) for owner, name, _ in module_patches]
@@ -69,6 +75,14 @@ def meta_compatible(objective: Objective, ops: TargetOps) -> Iterator[None]:
 
 def _is_meta(tensor) -> bool:
     return isinstance(tensor, torch.Tensor) and tensor.is_meta
+
+
+def _target_rows(hidden: torch.Tensor, labels: torch.Tensor, shift: bool,
+                 target_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """vlm.model.lm_loss.labelled_rows on the synthetic batch, whose labels are the last `target_tokens` tokens."""
+    if shift:
+        hidden, labels = hidden[:, -target_tokens - 1: -1], labels[:, -target_tokens:]
+    return hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1)
 
 
 def _itg_loss_every_position(logits: torch.Tensor, target_ids: torch.Tensor, target_mask: torch.Tensor,

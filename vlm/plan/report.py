@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from vlm.data.features import DEFAULT_STORAGE, format_bytes, token_bytes
 from vlm.plan.estimate import Fit, StrategyMemory
+from vlm.plan.inputs import Workload
 from vlm.plan.parameters import PARTS, PartCount
 from vlm.plan.planner import Plan
 from vlm.plan.target import ALLOCATOR_SLACK, GIB
@@ -67,7 +69,15 @@ def plan_dict(plan: Plan) -> dict:
         "strategies": strategies,
         "verdict": plan.verdict,
         "approximations": approximations(plan),
+        "feature_cache": feature_cache(trace.workload),
     }
+
+
+def feature_cache(workload: Workload) -> dict:
+    """What `vlm prep features` stores per image at its default dtype: the frozen encoder's (N, D) tokens."""
+    per_image = token_bytes(workload.encoder_tokens, DEFAULT_STORAGE)
+    return {"tokens": list(workload.encoder_tokens), "dtype": DEFAULT_STORAGE, "bytes_per_image": per_image,
+            "bytes_per_million_images": per_image * 10**6}
 
 
 def _key(checkpointing: bool) -> str:
@@ -130,9 +140,17 @@ def format_plan(plan: Plan, title: str) -> str:
                   f"backward {_tflop(flops['backward'])}, recomputed with activation checkpointing {_tflop(recompute)}",
               f"FLOPs per optimizer step (global batch {plan.global_batch}): {step / 1e15:.3g} PFLOP, "
               f"{(step + recompute * plan.global_batch) / 1e15:.3g} PFLOP with checkpointing",
+              _feature_cache_line(data["feature_cache"]),
               "", "approximations:", *(f"  - {note}" for note in data["approximations"]),
               "", f"verdict: {plan.verdict}"]
     return "\n".join(lines)
+
+
+def _feature_cache_line(cache: dict) -> str:
+    n, d = cache["tokens"]
+    return (f"feature cache (`vlm prep features`, {cache['dtype']}): {n} x {d} encoder tokens, "
+            f"{format_bytes(cache['bytes_per_image'])} per image, {format_bytes(cache['bytes_per_million_images'])} "
+            "per million images on disk")
 
 
 def _gib(n: int) -> str:

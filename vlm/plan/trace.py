@@ -155,7 +155,7 @@ class StepTracer:
         resident = meter.current
         grad_clip, grad_accum = self.cfg.train.grad_clip, self.cfg.train.grad_accum
         try:
-            with meter, meta_compatible(self.objective, self.ops):
+            with meter, meta_compatible(self.objective, self.ops, self.workload):
                 with self.ops.fresh() as forward_ops:
                     loss = self.objective(synthetic_inputs(self.objective.model, self.workload, batch_size))["loss"]
                     loss = loss / grad_accum

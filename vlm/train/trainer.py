@@ -21,8 +21,10 @@ from vlm import distributed
 from vlm.config import Config
 from vlm.data.bad_samples import BAD_REASONS, REJECTED
 from vlm.data.batch import Batch
+from vlm.data.features import check_cache
 from vlm.data.shards import resolve_shards
 from vlm.data.stream import StreamPosition, TrainStream, fixed_batches, make_train_loader
+from vlm.model.vision_identity import encoder_identity
 from vlm.model.vlm import VisionLLM
 from vlm.objective.objective import Objective
 from vlm.train import checkpoint
@@ -81,6 +83,9 @@ class Trainer:
         restart = checkpoint.plan_resume(self.output_dir, cfg, self.rank, self.world) if resume else None
         train_urls = resolve_shards(cfg.data.train, "train") if batches is None else []
         val_urls = resolve_shards(cfg.data.val, "val") if cfg.data.val else []
+        if cfg.data.features:  # a stale or unfinished feature cache is refused before the model is built
+            check_cache(cfg.data.features, encoder_identity(cfg.vision),
+                        train_urls + (val_urls if cfg.train.eval_every > 0 else []))
         self.benchmark = benchmark
 
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
