@@ -13,7 +13,6 @@ scales them. It is checked against transformers' own loss for every architecture
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -103,12 +102,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if bias is not None:
                 logits = logits + bias.float()
             target = targets[start: start + chunk_rows]
-            total += F.cross_entropy(logits, target, reduction="sum")
+            picked = torch.arange(target.shape[0], device=target.device), target
+            lse = torch.logsumexp(logits, dim=-1)
+            total += (lse - logits[picked]).sum()
             if not grads:
                 continue
-            # d(mean CE)/d(logits) = (softmax - one_hot) / N, taken now while the chunk's logits exist.
-            grad_logits = torch.softmax(logits, dim=-1)
-            grad_logits[torch.arange(target.shape[0], device=target.device), target] -= 1.0
+            # d(mean CE)/d(logits) = (softmax - one_hot) / N, taken now while the chunk's logits exist; the softmax
+            # reuses the log-sum-exp, in place of the logits.
+            grad_logits = logits.sub_(lse.unsqueeze(1)).exp_()
+            grad_logits[picked] -= 1.0
             grad_logits /= n
             if want_hidden:
                 grad_hidden[start: start + chunk_rows] = (grad_logits.to(dtype) @ w).to(hidden.dtype)
