@@ -194,6 +194,12 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = True
     threads: int = 0  # torch intra-op threads; 0 leaves torch's default
+    # A step whose loss or gradient is not finite is skipped (no optimizer step) and counted as
+    # `nonfinite_steps`; this many in a row stop the run with its last good checkpoint kept. 0: never stop.
+    max_nonfinite: int = 20
+    # Seconds a rank waits in a collective for the others before it gives up (a rank that died or hangs);
+    # the survivors then exit naming the rank that stopped answering.
+    dist_timeout_s: float = 600.0
 
 
 @dataclass
@@ -479,6 +485,8 @@ def validate(cfg: Config) -> None:
     _check(train.warmup_steps >= 0, "'train.warmup_steps' must be >= 0")
     _check(train.grad_clip >= 0, "'train.grad_clip' must be >= 0 (0 disables clipping)")
     _check(train.keep_checkpoints >= 1, "'train.keep_checkpoints' must be >= 1")
+    _check(train.max_nonfinite >= 0, "'train.max_nonfinite' must be >= 0 (0: never stop on non-finite steps)")
+    _check(train.dist_timeout_s > 0, "'train.dist_timeout_s' must be > 0 (seconds)")
     _choice(train.precision, PRECISIONS, "train.precision")
     _choice(train.strategy, STRATEGIES, "train.strategy")
     _check(all(k >= 1 for k in cfg.eval.ks), "'eval.ks' must be >= 1")
