@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from vlm.config import Config, check_paths, load_config
@@ -14,7 +15,7 @@ def run(args) -> int:
     from vlm import distributed
     from vlm.data.shards import resolve_shards
     from vlm.train.strategies import resolve_strategy
-    from vlm.train.trainer import train
+    from vlm.train.trainer import NonFiniteTraining, train
 
     cfg = load_config(args.config, args.overrides)
     check_paths(cfg)
@@ -22,7 +23,12 @@ def run(args) -> int:
     resolve_shards(cfg.data.train, "train")  # missing shards fail here, before the model is built
     if cfg.data.val:
         resolve_shards(cfg.data.val, "val")
-    result = train(cfg, resume=args.resume, benchmark=periodic_benchmark(cfg) if cfg.train.benchmark_every else None)
+    try:
+        result = train(cfg, resume=args.resume,
+                       benchmark=periodic_benchmark(cfg) if cfg.train.benchmark_every else None)
+    except NonFiniteTraining as err:  # not an input mistake (exit 2), and no traceback to read either
+        print(f"vlm train: stopped: {err}", file=sys.stderr)
+        return 1
     if result.checkpoint is not None:
         print(f"checkpoint: {result.checkpoint}")
     distributed.shutdown()

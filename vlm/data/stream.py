@@ -217,11 +217,12 @@ class TrainStream(IterableDataset):
         return group_by_length(examples, self.collator.lengths(examples), self.batch_size, rng)
 
 
-def make_train_loader(stream: TrainStream, num_workers: int) -> DataLoader:
+def make_train_loader(stream: TrainStream, num_workers: int, worker_init_fn=None) -> DataLoader:
     # Its own generator: drawing worker seeds must not advance the global RNG that dropout uses,
     # or a resumed run would drift from an uninterrupted one.
     return DataLoader(stream, batch_size=None, num_workers=num_workers, persistent_workers=False,
-                      prefetch_factor=4 if num_workers else None, generator=torch.Generator().manual_seed(stream.seed))
+                      prefetch_factor=4 if num_workers else None, generator=torch.Generator().manual_seed(stream.seed),
+                      worker_init_fn=worker_init_fn)
 
 
 def fixed_batches(urls: list[str], cfg: DataConfig, transform, collator: Collator, batch_size: int,

@@ -8,6 +8,7 @@ evaluation suites."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -29,6 +30,7 @@ from vlm.model.vlm import VisionLLM
 from vlm.objective.objective import Objective
 from vlm.train import checkpoint
 from vlm.train.metrics import MetricsLogger
+from vlm.train.preemption import StopRequest, ignore_stop_signals
 from vlm.train.schedule import make_scheduler
 from vlm.train.strategies import make_strategy
 
@@ -46,6 +48,11 @@ class TrainResult:
     steps: int
     seconds: float
     last_metrics: dict[str, float]
+    stopped_by: str | None = None  # the signal that ended the run early (SIGTERM, SIGUSR1), checkpoint saved
+
+
+class NonFiniteTraining(RuntimeError):
+    """`train.max_nonfinite` steps in a row had a non-finite loss or gradient: the run stops without saving."""
 
     @property
     def model(self) -> VisionLLM:
@@ -108,7 +115,7 @@ class Trainer:
         if batches is None:
             stream = TrainStream(train_urls, cfg.data, transform, collator, cfg.train.batch_size, cfg.train.seed,
                                  self.rank, self.world, self.position)
-            batches = iter(make_train_loader(stream, cfg.data.num_workers))
+            batches = iter(make_train_loader(stream, cfg.data.num_workers, worker_init_fn=ignore_stop_signals))
         self.batches = batches
         self.val_batches = []
         if val_urls and cfg.train.eval_every > 0:
@@ -174,18 +181,42 @@ class Trainer:
             self.metrics.log("benchmark", self.step, means)
 
     def fit(self) -> TrainResult:
+        """Train to train.max_steps (or train.max_minutes), then validate, benchmark and save. A stop signal
+        (vlm/train/preemption.py) ends the run after the current step with a checkpoint and nothing else."""
+        with StopRequest() as stop:
+            stopped_by = self._loop(stop)
+        cfg = self.cfg.train
+        if stopped_by is None:
+            if cfg.eval_every and self.val_batches and self.step % cfg.eval_every != 0:
+                self.metrics.log("eval", self.step, self.validate())
+            if self.benchmark is not None and cfg.benchmark_every and self.step % cfg.benchmark_every != 0:
+                self.run_benchmark()
+        path = self.save()
+        if stopped_by is not None and distributed.is_main():
+            log.warning("%s received: stopped after step %d with checkpoint %s; continue with --resume", stopped_by,
+                        self.step, path)
+        self.metrics.close()
+        self.module.eval()
+        return TrainResult(self.objective, self.output_dir, path, self.step, time.time() - self.started,
+                           self.last_row, stopped_by)
+
+    def _loop(self, stop: StopRequest) -> str | None:
+        """Steps until max_steps, max_minutes or a stop signal; returns the signal's name if one ended it."""
         cfg = self.cfg.train
         self.module.train()
-        start = time.time()
+        self.started = start = time.time()
         window: dict[str, float] = {}
         window_steps, samples = 0, 0
         skipped = dict.fromkeys((*BAD_REASONS, REJECTED), 0)  # samples the stream skipped, per reason, so far
         mix: Counter = Counter()  # languages and tasks of this window's examples
         waited, window_start = 0.0, time.perf_counter()  # seconds blocked on the loader in this window
-        last: dict[str, float] = {}
+        nonfinite = NonFiniteCount(cfg.max_nonfinite)
+        self.last_row: dict[str, float] = {}
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", dynamic_ncols=True,
                    disable=None if cfg.progress and distributed.is_main() else True)
-        while self.step < cfg.max_steps:
+        stopped_by = None
+        while self.step < cfg.max_steps and stopped_by is None:
+            terms: dict[str, float] = {}  # this step's loss terms, averaged over its micro-batches
             for micro in range(cfg.grad_accum):
                 t = time.perf_counter()
                 batch = next(self.batches)
@@ -200,21 +231,44 @@ class Trainer:
                     out = self.strategy.forward(inputs)
                     (out["loss"] / cfg.grad_accum).backward()
                 for name, value in out.items():
-                    window[name] = window.get(name, 0.0) + float(value.detach()) / cfg.grad_accum
+                    terms[name] = terms.get(name, 0.0) + float(value.detach()) / cfg.grad_accum
                 samples += len(inputs)
-            grad_norm = self.strategy.clip_grad_norm(cfg.grad_clip) if cfg.grad_clip > 0 else None
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            # The norm is taken even without clipping: a non-finite one is how a bad gradient shows.
+            grad_norm = self.strategy.clip_grad_norm(cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+            finite = math.isfinite(grad_norm) and all(math.isfinite(v) for v in terms.values())
+            # One collective for both flags: every rank skips the same steps and stops after the same one.
+            flags = distributed.all_reduce_max(torch.tensor([not finite, stop.requested() is not None],
+                                                            dtype=torch.float64))
+            if flags[0]:
+                self.optimizer.zero_grad(set_to_none=True)  # the step is skipped: weights and moments unchanged
+                nonfinite.add(self.step + 1, terms.get("loss", math.nan), grad_norm)
+            else:
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                nonfinite.reset()
+                for name, value in terms.items():
+                    window[name] = window.get(name, 0.0) + value
+            self.scheduler.step()  # a skipped step still spends its data and its place in the schedule
             self.step += 1
             window_steps += 1
             bar.update(1)
+            if flags[1]:  # as this rank received it, or as another rank did
+                stopped_by = stop.requested() or "a stop signal (on another rank)"
 
-            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
-                window["data_wait_frac"] = waited / max(time.perf_counter() - window_start, 1e-9) * window_steps
-                last = self._log_window(window, window_steps, grad_norm, samples, skipped, mix, start)
-                bar.set_postfix(loss=f"{last['loss']:.3f}")
+            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps or stopped_by or nonfinite.exhausted:
+                wait_frac = waited / max(time.perf_counter() - window_start, 1e-9)
+                self.last_row = self._log_window(window, window_steps - nonfinite.in_window, wait_frac, grad_norm,
+                                                 samples, skipped, mix, start, nonfinite.total)
+                if "loss" in self.last_row:
+                    bar.set_postfix(loss=f"{self.last_row['loss']:.3f}")
                 window, window_steps, mix, waited = {}, 0, Counter(), 0.0
+                nonfinite.in_window = 0
+            if nonfinite.exhausted:
+                bar.close()
+                self.metrics.close()
+                raise NonFiniteTraining(nonfinite.reason(checkpoint.latest_checkpoint(self.output_dir)))
+            if stopped_by:
+                break
             if cfg.eval_every and self.val_batches and self.step % cfg.eval_every == 0:
                 self.metrics.log("eval", self.step, self.validate())
             if self.benchmark is not None and cfg.benchmark_every and self.step % cfg.benchmark_every == 0:
@@ -228,21 +282,17 @@ class Trainer:
                     log.warning("train.max_minutes=%s reached at step %d; stopping", cfg.max_minutes, self.step)
                 break
         bar.close()
-        if cfg.eval_every and self.val_batches and self.step % cfg.eval_every != 0:
-            self.metrics.log("eval", self.step, self.validate())
-        if self.benchmark is not None and cfg.benchmark_every and self.step % cfg.benchmark_every != 0:
-            self.run_benchmark()
-        path = self.save()
-        self.metrics.close()
-        self.module.eval()
-        return TrainResult(self.objective, self.output_dir, path, self.step, time.time() - start, last)
+        return stopped_by
 
-    def _log_window(self, window: dict, steps: int, grad_norm, samples: int, skipped: dict[str, int], mix: Counter,
-                    start: float) -> dict:
-        """Window means of the loss terms (and `data_wait_frac`: the share of the window's wall time spent waiting
-        for the loader, 0 when it keeps up); skipped samples per reason since the start (`bad/<reason>`, their
-        sum `bad_samples`, and `language_rejected`); the window's language and task mix (`lang/<code>`,
-        `task/<name>`: shares of its examples). All summed over ranks."""
+    def _log_window(self, window: dict, steps: int, wait_frac: float, grad_norm, samples: int,
+                    skipped: dict[str, int], mix: Counter, start: float, nonfinite_steps: int) -> dict:
+        """Means of the loss terms over the window's `steps` finite steps; `data_wait_frac`, the share of the
+        window's wall time spent waiting for the loader (0 when it keeps up); skipped samples per reason since the
+        start (`bad/<reason>`, their sum `bad_samples`, and `language_rejected`); the window's language and task
+        mix (`lang/<code>`, `task/<name>`: shares of its examples); `nonfinite_steps`, the steps skipped for a
+        non-finite loss or gradient since the start. All summed over ranks."""
+        window = {**window, "data_wait_frac": wait_frac * max(steps, 1)}
+        steps = max(steps, 1)  # a window of skipped steps only has no loss terms to average
         names = sorted(window)
         reasons = sorted(skipped)
         shares = [f"lang/{lang}" for lang in self.cfg.data.languages] + [f"task/{t}" for t in self.cfg.data.tasks]
@@ -264,6 +314,7 @@ class Trainer:
             **{f"bad/{r}": n for r, n in counts.items() if r != REJECTED},
             REJECTED: counts[REJECTED],
             **{s: round(m / examples, 4) for s, m in zip(shares, mixed)},
+            "nonfinite_steps": nonfinite_steps,
             "elapsed_s": round(elapsed, 2),
         })
         if "itc_logit_scale" in scales:
@@ -275,6 +326,35 @@ class Trainer:
             self.metrics.log("routing", self.step,
                              self.objective.routing.pop(self.cfg.data.languages, self.cfg.bridge.num_experts))
         return row
+
+
+class NonFiniteCount:
+    """Steps skipped for a non-finite loss or gradient: in total, in the current log window, and in a row (the
+    run stops at `limit` in a row; 0: never)."""
+
+    def __init__(self, limit: int):
+        self.limit, self.total, self.in_window, self.in_a_row = limit, 0, 0, 0
+        self.last: tuple[int, float, float] | None = None  # step, loss, gradient norm
+
+    def add(self, step: int, loss: float, grad_norm: float) -> None:
+        self.total, self.in_window, self.in_a_row = self.total + 1, self.in_window + 1, self.in_a_row + 1
+        self.last = (step, loss, grad_norm)
+        if distributed.is_main():
+            log.warning("step %d skipped: loss %s, gradient norm %s (%d in a row)", step, loss, grad_norm,
+                        self.in_a_row)
+
+    def reset(self) -> None:
+        self.in_a_row = 0
+
+    @property
+    def exhausted(self) -> bool:
+        return 0 < self.limit <= self.in_a_row
+
+    def reason(self, last_good: Path | None) -> str:
+        step, loss, norm = self.last
+        kept = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written"
+        return (f"{self.in_a_row} steps in a row had a non-finite loss or gradient (train.max_nonfinite="
+                f"{self.limit}; the last at step {step}: loss {loss}, gradient norm {norm}); {kept}")
 
 
 def train(cfg: Config, resume: bool = False, benchmark: Benchmark | None = None,
