@@ -50,13 +50,13 @@ class TrainResult:
     last_metrics: dict[str, float]
     stopped_by: str | None = None  # the signal that ended the run early (SIGTERM, SIGUSR1), checkpoint saved
 
-
-class NonFiniteTraining(RuntimeError):
-    """`train.max_nonfinite` steps in a row had a non-finite loss or gradient: the run stops without saving."""
-
     @property
     def model(self) -> VisionLLM:
         return self.objective.model
+
+
+class NonFiniteTraining(RuntimeError):
+    """`train.max_nonfinite` steps in a row had a non-finite loss or gradient: the run stops without saving."""
 
 
 def build_optimizer(module: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
