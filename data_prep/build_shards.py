@@ -6,7 +6,8 @@ Output (what the training stream and `vlm prep translate` read): `{split}-000000
 
 Keys come from the source's own ids: characters outside [A-Za-z0-9_-] become "_" (webdataset splits a
 member name at its first dot), long ids are cut and suffixed with a hash (member names stay short), and a key
-already used gets "_1", "_2", ... in input order, so a rerun on the same inputs gives the same keys.
+already used gets "_1", "_2", ... in input order, so a rerun on the same inputs gives the same keys (counted
+as converted/duplicate_key in the manifest's stats, beside the sources' skipped/<reason> and converted/<kind>).
 
 All inputs are validated before anything is written. Shards are written into a temp folder inside `out_dir`
 and moved in when all are done, replacing that split's older shards; other splits' shards and their manifest
@@ -46,6 +47,7 @@ class KeyMaker:
     def __init__(self) -> None:
         self._used: set[str] = set()
         self._last_suffix: dict[str, int] = {}
+        self.renamed = 0  # keys that took a suffix (a repeated id, or ids that differ only in unsafe characters)
 
     def make(self, source_id: str) -> str:
         base = _UNSAFE_KEY_CHARS.sub("_", source_id) or "_"
@@ -53,6 +55,7 @@ class KeyMaker:
             digest = hashlib.blake2b(source_id.encode(), digest_size=4).hexdigest()
             base = f"{base[:KEY_MAX - 9]}_{digest}"
         key = base
+        self.renamed += key in self._used
         while key in self._used:
             self._last_suffix[base] = self._last_suffix.get(base, 0) + 1
             key = f"{base}_{self._last_suffix[base]}"
@@ -109,6 +112,8 @@ def build_shards(fmt: str, inputs: list[str], out_dir: str | Path, images: str =
             for sample in bar:
                 shard = writer.write(keys.make(sample.id), sample.ext, sample.image, sample.record)
                 counter.add(shard, sample.record)
+        if keys.renamed:
+            source.stats["converted/duplicate_key"] = keys.renamed
         stats = dict(sorted(source.stats.items()))
         if not counter.shards:
             raise ValueError(f"{fmt} {' '.join(inputs)}: no usable sample ({_summary(stats) or 'inputs are empty'})")

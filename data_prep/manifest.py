@@ -79,18 +79,24 @@ def write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def expand_pattern(pattern: str, prefix: str) -> list[str]:
+def expand_pattern(pattern: str, prefix: str, keep_missing: bool = False) -> list[str]:
     """The shards of a brace pattern and/or glob ("data/train-{000000..000099}.tar", "data/*.tar"), the
     shard-spec syntax of data.train and `vlm prep translate`; URLs pass through. A missing file raises
-    FileNotFoundError with `prefix` in front ("data.train: ", "input ")."""
+    FileNotFoundError with `prefix` in front ("data.train: ", "input "), or with `keep_missing` stays in the
+    list (the caller decides); a glob that matches nothing always raises."""
     urls = []
     for url in wds.shardlists.expand_urls(pattern):
         matches = sorted(glob.glob(url)) if any(c in url for c in "*?[") else [url]
-        missing = [m for m in matches if "://" not in m and not Path(m).is_file()]
-        if not matches or missing:
+        missing = [m for m in matches if not shard_exists(m)]
+        if not matches or (missing and not keep_missing):
             raise FileNotFoundError(f"{prefix}shard not found: {missing[0] if missing else url}")
         urls += matches
     return urls
+
+
+def shard_exists(url: str) -> bool:
+    """Whether a shard is there: a local file that exists, or any URL (only reading it can tell)."""
+    return "://" in url or Path(url).is_file()
 
 
 def read_manifest(folder: str | Path) -> dict:

@@ -37,7 +37,14 @@ from data_prep.manifest import (
     write_json,
     write_manifest,
 )
-from data_prep.records import SOURCE, Verdicts, apply_verdicts, judge, source_texts, summary_table
+from data_prep.records import (
+    SOURCE,
+    Verdicts,
+    apply_verdicts,
+    judge,
+    source_texts,
+    summary_table,
+)
 from data_prep.translate import Translator
 
 log = logging.getLogger(__name__)
@@ -194,7 +201,7 @@ class ShardTranslator:
                 members = {k: v for k, v in raw.items() if not k.startswith("__") or k == "__key__"}
                 writer.write({**members, "json": json.dumps(new, ensure_ascii=False).encode("utf-8")})
                 counter.add(job.name, new)
-        os.replace(tmp, self.out_dir / job.name)
+        _replace_durably(tmp, self.out_dir / job.name)
         if rejected:
             _write_jsonl(self.out_dir / "rejected" / f"{job.stem}.jsonl", rejected)
         result = ShardResult(job.split, job.name, counter.to_dict(), dict(stats + skipped), sent, seconds)
@@ -253,7 +260,23 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    _replace_durably(tmp, path)
+
+
+def _replace_durably(tmp: Path, path: Path) -> None:
+    """Rename `tmp` to `path` with its bytes flushed first and the rename after: the done marker written next
+    never outlives, on a power loss, the shard it vouches for."""
+    _fsync(tmp)
     os.replace(tmp, path)
+    _fsync(path.parent)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)  # a folder too: fsyncing it makes a rename in it durable
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # --- the whole job -------------------------------------------------------------------------------

@@ -19,13 +19,16 @@ import math
 import re
 from pathlib import Path
 
-from matplotlib.figure import Figure  # the OO API renders with Agg and touches no global backend
+from matplotlib.figure import (
+    Figure,  # the OO API renders with Agg and touches no global backend
+)
 
 SMOOTHING = 0.6  # EMA weight, TensorBoard's default: enough to read a trend, raw points stay visible
 _UNSMOOTHED = frozenset({"lr"})  # a schedule is exact; smoothing would only make it lag
 _BOOKKEEPING = frozenset({"step", "time", "elapsed_s"})  # clocks, not training curves
 _RECALL_KEY = re.compile(r"^(i2t|t2i)_r(\d+)$")
 _MISSING = "—"
+SKIPPED_NAMES_SHOWN = 20  # images named in the report's "Skipped images" line; results.json names them all
 
 
 def _fmt(value: float | None, baseline: float | None = None) -> str:
@@ -292,6 +295,11 @@ def write_report(results: dict, out_dir: Path, metrics_path: Path | None = None)
     if "n_images" in results:
         skipped = results.get("skipped_images")
         lines.append(f"Images: {results['n_images']}" + (f" ({skipped} undecodable, skipped)" if skipped else ""))
+        if names := results.get("skipped_image_names"):
+            shown = ", ".join(_cell(name) for name in names[:SKIPPED_NAMES_SHOWN])
+            left = len(names) - SKIPPED_NAMES_SHOWN
+            more = f" and {left} more (all in results.json)" if left > 0 else ""
+            lines.append(f"Skipped images: {shown}{more}")
     if decoding := results.get("decoding"):
         lines.append(f"Decoding: captions {decoding['caption']}, VQA {decoding['vqa']}, "
                      f"instructions in {decoding['prompt_language']}, {decoding.get('precision', 'fp32')}")

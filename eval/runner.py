@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from data_prep.images import BadImage, decode_image
 from data_prep.language_id import fidelity_method
 from eval.captioning import caption_scores, language_fidelity, majority_caption
 from eval.retrieval import chance_recall, recall_at_k
@@ -26,11 +27,11 @@ from eval.suites import Benchmark, BenchmarkImage
 from eval.vqa import accuracy_by_type, majority_baseline
 from vlm import distributed, precision
 from vlm.config import EvalConfig
-from vlm.data.images import BadImage, decode_image
 from vlm.data.templates import caption_prompt, templates_for, vqa_prompt
 from vlm.model.vlm import VisionLLM
 
 log = logging.getLogger(__name__)
+_NAMED_IN_WARNING = 20  # skipped images named in the warning line; results.json names them all
 
 
 # --- images ----------------------------------------------------------------------------------------
@@ -54,10 +55,11 @@ class _Images(Dataset):
             return position, None
 
 
-def _collate(items: list[tuple[int, torch.Tensor | None]]) -> tuple[list[int], torch.Tensor | None, int]:
+def _collate(items: list[tuple[int, torch.Tensor | None]]) -> tuple[list[int], torch.Tensor | None, list[int]]:
+    """(positions of the decoded images, their pixels, positions of the undecodable ones)."""
     good = [(p, x) for p, x in items if x is not None]
     pixels = torch.stack([x for _, x in good]) if good else None
-    return [p for p, _ in good], pixels, len(items) - len(good)
+    return [p for p, _ in good], pixels, [p for p, x in items if x is None]
 
 
 def _batches(n: int, size: int):
@@ -78,7 +80,7 @@ class _Part:
     answers: dict[str, dict[tuple[int, int], str]] = field(default_factory=dict)  # lang -> (image, qa) -> answer
     text_features: dict[str, tuple[list[int], torch.Tensor]] = field(default_factory=dict)  # lang -> (text positions, features)
     routing: dict[str, torch.Tensor] = field(default_factory=dict)  # lang -> summed router probabilities
-    skipped: int = 0
+    skipped: list[int] = field(default_factory=list)  # benchmark positions of its undecodable images
 
 
 def decoding_options(cfg: EvalConfig, vqa: bool) -> dict:
@@ -302,6 +304,14 @@ def language_means(per_language: dict) -> dict:
     return means
 
 
+def skipped_images(bench: Benchmark, positions: list[int]) -> list[str]:
+    """The names of the images left out: those the suite's loader skipped, then the keys (and files) of those
+    that failed to decode here, in benchmark order."""
+    named = [f"{bench.images[p].key} ({bench.images[p].image})" if isinstance(bench.images[p].image, Path)
+             else bench.images[p].key for p in sorted(positions)]
+    return list(bench.skipped) + named
+
+
 @torch.no_grad()
 def evaluate(model: VisionLLM, bench: Benchmark, cfg: EvalConfig, progress: bool = True) -> dict | None:
     """Score `model` on `bench` per language. Every rank must call it; rank 0 returns the results, the
@@ -325,6 +335,11 @@ def evaluate(model: VisionLLM, bench: Benchmark, cfg: EvalConfig, progress: bool
     row_of = {p: r for r, p in enumerate(merged.positions)}
     image_features = torch.cat(merged.image_features) if merged.image_features else None
     records = [image.record for image in bench.images]
+    skipped = skipped_images(bench, merged.skipped)
+    if skipped:
+        log.warning("eval %s: skipped %d image(s) that do not decode: %s%s", bench.name, len(skipped),
+                    ", ".join(skipped[:_NAMED_IN_WARNING]), ", ... (all in results.json)" if
+                    len(skipped) > _NAMED_IN_WARNING else "")
     per_language: dict[str, dict] = {}
     for lang in bench.languages:
         sections = {}
@@ -344,7 +359,8 @@ def evaluate(model: VisionLLM, bench: Benchmark, cfg: EvalConfig, progress: bool
         "languages": list(bench.languages),
         "bridge": model.cfg.bridge.type,
         "n_images": len(merged.positions),
-        "skipped_images": merged.skipped,
+        "skipped_images": len(skipped),
+        "skipped_image_names": skipped,
         "world_size": world,
         "decoding": {"caption": decoding_options(cfg, vqa=False), "vqa": decoding_options(cfg, vqa=True),
                      "prompt_language": cfg.prompt_language,

@@ -185,3 +185,60 @@ def test_a_strategy_the_launch_cannot_run_fails_in_one_line(tiny_parts, tmp_path
     cfg = tiny_parts.config(tmp_path / "run", "llm.dtype=bfloat16", "train.strategy=fsdp2")  # + train_embeddings
     with pytest.raises(ConfigError, match="fsdp2 trains one dtype per unit"):
         make_strategy(cfg.train, torch.device("cpu")).check(cfg)
+
+
+def _rank_pid(torchrun: int, rank: int) -> int | None:
+    """The pid of torchrun's worker `rank` (its child whose environment says RANK=rank), read from /proc."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            env = (stat.parent / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == torchrun and f"RANK={rank}".encode() in env:
+            return int(stat.parent.name)
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the ranks' pids through /proc (Linux)")
+@pytest.mark.parametrize("how", ["hangs", "dies"])
+def test_a_rank_that_hangs_or_dies_is_named_by_the_survivor_within_the_timeout(tiny_parts, tmp_path, how):
+    """Rank 1 is stopped (SIGSTOP: its sockets stay open, so only the timeout can tell) or killed mid-run; rank 0
+    exits with one line naming rank 1 within train.dist_timeout_s (+ the few seconds of reports)."""
+    import signal
+    import time
+
+    from vlm.train.lost_ranks import REPORT_WAIT_S
+
+    timeout_s = 6
+    run = tmp_path / "run"
+    args = ["-m", "vlm.cli", "train", str(DEMO), *tiny_parts.overrides(run), "train.max_steps=100000",
+            "train.log_every=1", "train.eval_every=0", f"train.dist_timeout_s={timeout_s}"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
+    log, victim = tmp_path / "stderr.txt", None
+    with log.open("w") as stderr:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr, cwd=tmp_path, env=_env())
+    try:
+        deadline = time.monotonic() + 240
+        while not (run / "metrics.jsonl").exists() or len(_train_rows(run)) < 2:  # both ranks are stepping
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        victim = _rank_pid(proc.pid, 1)
+        assert victim is not None
+        os.kill(victim, signal.SIGSTOP if how == "hangs" else signal.SIGKILL)
+        hit = time.monotonic()
+        while "stopped responding" not in log.read_text():
+            assert time.monotonic() - hit < timeout_s + REPORT_WAIT_S + 20, log.read_text()[-3000:]
+            time.sleep(0.2)
+        named_after = time.monotonic() - hit
+    finally:
+        if how == "hangs" and victim is not None:
+            os.kill(victim, signal.SIGKILL)  # torchrun would wait 30 s for a stopped worker to take its SIGTERM
+        proc.wait(timeout=120)
+    lines = [line for line in log.read_text().splitlines() if "vlm train: stopped:" in line]
+    assert len(lines) == 1 and "rank 1 stopped responding" in lines[0], log.read_text()[-3000:]
+    assert proc.returncode != 0
+    if how == "hangs":  # only the timeout can tell a stopped peer from a slow one
+        assert timeout_s - 1 < named_after < timeout_s + REPORT_WAIT_S + 10
+    else:  # a dead peer's connection resets: no need to wait for the timeout
+        assert named_after < REPORT_WAIT_S + 10

@@ -21,10 +21,10 @@ from test_train import _corrupt_copy
 import vlm.feature_prep
 import vlm.model.vision
 import vlm.train.trainer
+from data_prep.images import decode_image
 from vlm.cli import main
 from vlm.data.examples import ExampleMaker, sample_rng
 from vlm.data.features import IDENTITY, TokenWriter, feature_file
-from vlm.data.images import decode_image
 from vlm.data.records import read_samples
 from vlm.data.shards import resolve_shards
 from vlm.data.stream import fixed_batches
@@ -156,7 +156,7 @@ def test_cached_tokens_give_the_loss_of_pixels(tiny_parts, fp32_cache, tmp_path,
 
 def test_training_from_the_cache_trains_the_same_weights(tiny_parts, fp32_cache, tmp_path, monkeypatch):
     decoded = []
-    monkeypatch.setattr("vlm.data.examples.decode_image", lambda *a: decoded.append(1) or decode_image(*a))
+    monkeypatch.setattr("vlm.data.examples.decode_image", lambda *a, **k: decoded.append(1) or decode_image(*a, **k))
     args = ["train.max_steps=3", "train.lr=3e-3"]
     pixels = train(tiny_parts.config(tmp_path / "pixels", *args))
     assert decoded

@@ -413,7 +413,9 @@ def _choice(value: str, choices: tuple[str, ...], key: str) -> None:
 
 def validate(cfg: Config) -> None:
     """Check values that types cannot: choices, ranges, languages, and that local paths exist."""
-    from data_prep.languages import get_language  # local: data_prep imports nothing from vlm
+    from data_prep.languages import (
+        get_language,  # local: data_prep imports nothing from vlm
+    )
 
     b, llm, loss, data, train = cfg.bridge, cfg.llm, cfg.loss, cfg.data, cfg.train
     _choice(b.type, BRIDGE_TYPES, "bridge.type")
@@ -434,6 +436,8 @@ def validate(cfg: Config) -> None:
     _choice(llm.dtype, DTYPES, "llm.dtype")
     _check(llm.lora_r >= 0, "'llm.lora_r' must be >= 0")
     _check(llm.max_length >= 4, "'llm.max_length' must be >= 4")
+    _check(llm.lora_targets == "all-linear" or all(t.strip() for t in llm.lora_targets.split(",")),
+           f"'llm.lora_targets' is '{llm.lora_targets}': use all-linear or module names separated by commas")
     weights = {name: getattr(loss, name) for name in
                ("lm_weight", "contrastive_weight", "itc_weight", "itm_weight", "itg_weight", "moe_balance_weight")}
     for name, weight in weights.items():
@@ -471,7 +475,10 @@ def validate(cfg: Config) -> None:
     _check(0.0 <= data.language_alpha <= 1.0,
            "'data.language_alpha' must be in [0, 1] (1: the data's natural language mix, 0: uniform)")
     if data.templates and Path(data.templates).is_file():  # a missing file is check_paths' business
-        from vlm.data.templates import TemplateError, load_templates  # local: yaml + data_prep only
+        from vlm.data.templates import (  # local: yaml + data_prep only
+            TemplateError,
+            load_templates,
+        )
 
         try:
             load_templates(data.templates)
@@ -540,6 +547,23 @@ def check_paths(cfg: Config) -> None:
     if cfg.bridge.type == "qformer":
         _check_local_path(cfg.bridge.init_from, "bridge.init_from")
         _check_local_path(cfg.bridge.tokenizer, "bridge.tokenizer")
+
+
+def fetch_error(key: str, name: str, err: Exception, instead: str = "a local folder") -> ConfigError:
+    """What a loader said when it could not read the part `key` names (a folder lacking its files, a hub id it
+    could not fetch), in one line; offline and not a local path, what to pass instead."""
+    from huggingface_hub import constants  # read at call time, as transformers does
+
+    if constants.HF_HUB_OFFLINE and not Path(name).expanduser().exists():
+        return ConfigError(f"'{key}' ({name}): not in the local Hugging Face cache, and HF_HUB_OFFLINE is set: "
+                           f"pass {instead}, or unset HF_HUB_OFFLINE to download it")
+    return ConfigError(f"'{key}' ({name}): {first_line(err)}")
+
+
+def first_line(err: Exception) -> str:
+    """The first non-empty line of an exception's message (libraries write paragraphs), or its type's name."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
 
 
 def _check_local_path(value: str, key: str) -> None:

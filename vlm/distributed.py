@@ -35,8 +35,10 @@ def launch_world_size() -> int:
     return int(os.environ["WORLD_SIZE"]) if launched_by_torchrun() else 1
 
 
-def init_distributed() -> torch.device:
-    """Join the torchrun process group (NCCL on GPUs, gloo on CPU) and return this rank's device."""
+def init_distributed(timeout_s: float = 600.0) -> torch.device:
+    """Join the torchrun process group and return this rank's device. On GPUs, NCCL for CUDA tensors and gloo for
+    the few CPU ones (the trainer's flags and log sums); gloo alone on CPU. A collective that waits longer than
+    `timeout_s` for a peer (train.dist_timeout_s) fails instead of hanging."""
     if torch.cuda.is_available():
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
         torch.cuda.set_device(local_rank)
@@ -44,8 +46,8 @@ def init_distributed() -> torch.device:
     else:
         device = torch.device("cpu")
     if launched_by_torchrun() and not is_distributed():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+        backend = "cuda:nccl,cpu:gloo" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
     return device
 
 

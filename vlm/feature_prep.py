@@ -23,6 +23,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
+from data_prep.images import BadImage, decode_image
 from vlm import precision
 from vlm.config import Config, ConfigError
 from vlm.data.features import (
@@ -38,7 +39,6 @@ from vlm.data.features import (
     token_bytes,
     write_identity,
 )
-from vlm.data.images import BadImage, decode_image
 from vlm.data.records import image_member
 from vlm.data.shards import resolve_shards
 from vlm.model.vision import ImageEncoder

@@ -1,6 +1,8 @@
 """The one atomic-folder writer: releases, exports and checkpoints are written into a hidden staging folder
 beside their destination and renamed into place, so a kill never leaves a half-written folder and an earlier
-one stays whole until the new one is complete. `atomic_file` does the same for one file (a feature cache's)."""
+one stays whole until the new one is complete. `atomic_file` does the same for one file (a feature cache's).
+Contents are fsynced before the rename and the parent folder after it: otherwise a power loss could keep the
+rename but lose the data it names."""
 
 from __future__ import annotations
 
@@ -19,19 +21,35 @@ def staging_folder(folder: str | Path) -> Path:
     return tmp
 
 
+def fsync_tree(path: str | Path) -> None:
+    """Flush every file and folder under `path` (and `path` itself) to disk, deepest first."""
+    for root, _, files in os.walk(path, topdown=False):
+        for name in files:
+            _fsync(os.path.join(root, name))
+        _fsync(root)
+
+
+def _fsync(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)  # a folder too: fsyncing it makes its entries (a rename) durable
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def publish_folder(tmp: Path, folder: str | Path, extra_files: dict[str, str] | None = None) -> Path:
     """Write `extra_files` (name -> text) into `tmp`, then rename it to `folder`, replacing what was there."""
     folder = Path(folder)
     for name, text in (extra_files or {}).items():
         (tmp / name).write_text(text)
+    fsync_tree(tmp)
+    old = folder.with_name(f".{folder.name}.old")
     if folder.exists():  # moved aside, not deleted first: the folder is missing only between two renames
-        old = folder.with_name(f".{folder.name}.old")
         shutil.rmtree(old, ignore_errors=True)
         os.replace(folder, old)
-        os.replace(tmp, folder)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, folder)
+    os.replace(tmp, folder)
+    _fsync(folder.parent)
+    shutil.rmtree(old, ignore_errors=True)
     return folder
 
 
@@ -58,4 +76,6 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _fsync(tmp)
     os.replace(tmp, path)
+    _fsync(path.parent)

@@ -4,6 +4,13 @@ Each format module has `check(inputs, images, ...) -> Source`: it validates the 
 clear one-line FileNotFoundError or ValueError naming the file) and returns a Source whose `samples`
 generator yields one `Sample` per usable image, counting every skipped one in `stats` by reason.
 
+Every image is decoded in full here, by the decoder training uses (data_prep.images), so what prep keeps,
+training can read: skipped/empty_image (0 bytes), skipped/bad_image (corrupt or truncated: PIL's `verify`
+passes a cut-off JPEG), skipped/decompression_bomb (over PIL's pixel limit, from the header alone: never
+decoded), skipped/unsupported_image (not JPEG, PNG or WebP). The bytes pass through unchanged; images that
+training converts to RGB are counted as converted/<kind> (cmyk, 16bit, grayscale, palette, alpha). A record
+with a text that cannot be written as UTF-8 (a lone surrogate from a "\\ud800" escape) is skipped/bad_text.
+
 Every record has the same shape, whatever the format:
 
     {"captions": {"en": ["...", ...]},                       # {} when the source has none (LLaVA)
@@ -13,7 +20,7 @@ Every record has the same shape, whatever the format:
 
 from __future__ import annotations
 
-import io
+import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -22,7 +29,7 @@ from itertools import islice
 from pathlib import Path
 from typing import TypeVar
 
-from PIL import Image
+from data_prep.images import CORRUPT, BadImage, inspect_image
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +42,9 @@ T = TypeVar("T")
 @dataclass
 class Sample:
     id: str  # the source's own id (COCO image id, LLaVA id, img2dataset key...); the driver makes it tar-safe
-    ext: str  # jpg | png | webp, from the image bytes themselves (not the file name)
     image: bytes  # passed through unchanged
     record: dict
+    ext: str = ""  # jpg | png | webp, from the image bytes themselves (not the file name); set by `usable`
 
 
 @dataclass
@@ -58,39 +65,50 @@ class Skip(Exception):
 
 
 def usable(items: Iterable[tuple[str, T]], make: Callable[[T], Sample], stats: Counter) -> Iterator[Sample]:
-    """make(item) for each (where, item); a Skip is counted and logged (debug) with `where` (file:line, key)."""
+    """make(item) for each (where, item), its image checked (`checked_image`) and its record's texts too; a
+    Skip is counted and logged (debug) with `where` (file:line, key), a conversion counted."""
     for where, item in items:
         try:
             sample = make(item)
+            sample.ext, converted = checked_image(sample.image, where)
+            check_texts(sample.record)
         except Skip as skip:
             stats[f"skipped/{skip.reason}"] += 1
             log.debug("%s: skipped/%s %s", where, skip.reason, skip.detail)
             continue
+        if converted:
+            stats[f"converted/{converted}"] += 1
         yield sample
 
 
-def image_extension(data: bytes) -> str:
-    """The extension of an image's bytes after a cheap integrity check (header parse + PIL verify, no decode)."""
+def checked_image(data: bytes, where: str = "") -> tuple[str, str | None]:
+    """(extension, the kind of conversion training applies or None) of image bytes that decode in full;
+    Skip(empty_image | bad_image | decompression_bomb | unsupported_image) otherwise."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            fmt = image.format
-            image.verify()
-    except Exception as err:  # noqa: BLE001 - PIL raises many types for corrupt data; all mean "bad image"
-        raise Skip("bad_image", str(err)) from None
+        fmt, converted = inspect_image(data, where)
+    except BadImage as err:
+        raise Skip("bad_image" if err.reason == CORRUPT else err.reason, str(err)) from None
     if fmt not in _EXTENSION_OF_FORMAT:
         raise Skip("unsupported_image", f"{fmt} is not one of {', '.join(_EXTENSION_OF_FORMAT)}")
-    return _EXTENSION_OF_FORMAT[fmt]
+    return _EXTENSION_OF_FORMAT[fmt], converted
 
 
-def read_image_file(path: Path) -> tuple[str, bytes]:
-    """(extension, bytes) of an image file, or Skip(missing_image | unreadable_image | bad_image | ...)."""
+def check_texts(record: dict) -> None:
+    """Skip(bad_text) when the record cannot be written as UTF-8 JSON (the shard writer would fail on it)."""
     try:
-        data = path.read_bytes()
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise Skip("bad_text", str(err)) from None
+
+
+def read_image_file(path: Path) -> bytes:
+    """The bytes of an image file, or Skip(missing_image | unreadable_image)."""
+    try:
+        return path.read_bytes()
     except (FileNotFoundError, IsADirectoryError):
         raise Skip("missing_image", str(path)) from None
     except OSError as err:
         raise Skip("unreadable_image", f"{path}: {err}") from None
-    return image_extension(data), data
 
 
 def texts(value: object) -> list[str]:

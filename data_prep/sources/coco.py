@@ -139,6 +139,6 @@ def _sample(entry: _Entry) -> Sample:
     captions = texts(entry.captions)
     if not captions:
         raise Skip("no_caption")
-    ext, data = read_image_file(entry.image)
+    data = read_image_file(entry.image)
     source_id = str(entry.source.get("image_id", Path(entry.source["file_name"]).stem))
-    return Sample(source_id, ext, data, {"captions": {"en": captions}, "qa": [], "source": entry.source})
+    return Sample(source_id, data, {"captions": {"en": captions}, "qa": [], "source": entry.source})

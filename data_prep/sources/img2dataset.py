@@ -7,9 +7,11 @@ status, width, height, original_width, original_height, exif, sha256, extra colu
 Record: captions.en = [the .txt caption, else the json "caption"], qa = [], source = {"format": "img2dataset",
 "shard", "key", url, sha256, width, height, ... (the json's fields but caption, exif, status, error_message)}.
 
-Skipped: missing_image (no image member), bad_json, no_caption (no .txt, empty .txt and json caption null or
-empty), bad_image, unsupported_image; tar_error counts shards that could not be read to the end (a killed
-download leaves a truncated tar): the samples before the damage are kept and the next shard is read.
+Skipped: missing_image (no image member), bad_json, bad_text (a .txt that is not UTF-8), no_caption (no .txt,
+empty .txt and json caption null or empty), the image checks of data_prep.sources, duplicate_key (a key read
+before in the same shard); tar_error counts shards that could not be read to the end (a killed download
+leaves a truncated tar): the samples before the damage are kept and the next shard is read; empty_shard
+counts shards of 0 bytes or without a sample.
 The `<shard>_stats.json` sidecars give the download's success rate (source.download in the manifest);
 the `.parquet` sidecars repeat the json metadata and are not read.
 """
@@ -22,10 +24,9 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-import webdataset as wds
-
 from data_prep.manifest import IMAGE_MEMBERS
-from data_prep.sources import Sample, Skip, Source, image_extension, texts, usable
+from data_prep.sources import Sample, Skip, Source, texts, usable
+from data_prep.tar_samples import shard_samples
 
 log = logging.getLogger(__name__)
 
@@ -87,20 +88,15 @@ def _samples(shards: list[Path], stats: Counter) -> Iterator[Sample]:
 
 
 def _read_shard(shard: Path, stats: Counter) -> Iterator[dict]:
-    """The raw samples of one shard, up to the first damage; a damaged shard counts once as tar_error.
+    """The raw samples of one shard as training reads them (data_prep.tar_samples.shard_samples): up to the first
+    damage (tar_error: the samples before it are kept), a key repeated in the shard dropped (duplicate_key),
+    a shard with nothing in it counted (empty_shard)."""
 
-    A handler that records instead of webdataset's warn_and_continue, which sleeps 0.5 s per error.
-    """
-    errors: list[Exception] = []
+    def skip(reason: str, detail: str) -> None:
+        stats[f"skipped/{reason}"] += 1
+        log.warning("%s: skipped/%s (%s)", shard, reason, detail)
 
-    def record_error(err: Exception) -> bool:
-        errors.append(err)
-        return True
-
-    yield from wds.tariterators.tarfile_samples([{"url": str(shard)}], handler=record_error)
-    if errors:
-        stats["skipped/tar_error"] += 1
-        log.warning("%s: unreadable past some point (%s); kept the samples before it", shard, errors[0])
+    yield from shard_samples(str(shard), skip)
 
 
 def _sample(item: tuple[Path, dict]) -> Sample:
@@ -114,11 +110,13 @@ def _sample(item: tuple[Path, dict]) -> Sample:
         raise Skip("bad_json", str(err)) from None
     if not isinstance(meta, dict):
         raise Skip("bad_json", "not a JSON object")
-    caption = texts(raw["txt"].decode("utf-8", "replace")) if "txt" in raw else []
+    try:
+        caption = texts(raw["txt"].decode("utf-8")) if "txt" in raw else []
+    except UnicodeDecodeError as err:  # decoding with replacement would teach U+FFFD
+        raise Skip("bad_text", f".txt caption: {err}") from None
     caption = caption or texts(meta.get("caption") if isinstance(meta.get("caption"), str) else None)
     if not caption:
         raise Skip("no_caption")
-    ext = image_extension(raw[member])
     provenance = {name: value for name, value in meta.items() if name not in _NOT_PROVENANCE}
     source = {"format": "img2dataset", "shard": str(shard), "key": raw["__key__"], **provenance}
-    return Sample(raw["__key__"], ext, raw[member], {"captions": {"en": caption}, "qa": [], "source": source})
+    return Sample(raw["__key__"], raw[member], {"captions": {"en": caption}, "qa": [], "source": source})

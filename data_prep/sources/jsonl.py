@@ -127,8 +127,8 @@ def _sample(item: tuple[Path, Path, int, bytes]) -> Sample:
         validate_languages([*captions, *(entry["lang"] for entry in qa)])
     except ValueError as err:
         raise Skip("unknown_language", str(err)) from None
-    ext, data = read_image_file(root / image)
+    data = read_image_file(root / image)
     source_id = str(obj["id"]) if obj.get("id") is not None else str(Path(image).with_suffix(""))
     extra = {name: value for name, value in obj.items() if name not in _TEXT_FIELDS}
     source = {**extra, "format": "jsonl", "file": str(path), "line": number, "image": image}
-    return Sample(source_id, ext, data, {"captions": captions, "qa": qa, "source": source})
+    return Sample(source_id, data, {"captions": captions, "qa": qa, "source": source})

@@ -89,7 +89,7 @@ def _sample(item: tuple[Path, object]) -> Sample:
     if not isinstance(image, str):
         raise Skip("multi_image")
     qa = qa_items(entry.get("conversations"))
-    ext, data = read_image_file(root / image)
+    data = read_image_file(root / image)
     source_id = str(entry["id"]) if entry.get("id") is not None else str(Path(image).with_suffix(""))
     source = {"format": "llava", "id": entry.get("id"), "image": image}
-    return Sample(source_id, ext, data, {"captions": {}, "qa": qa, "source": source})
+    return Sample(source_id, data, {"captions": {}, "qa": qa, "source": source})

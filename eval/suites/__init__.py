@@ -48,3 +48,5 @@ class Benchmark:
     source: str = ""  # which published files were read, recorded in results.json
     # Training records for the majority baselines (demo only: published suites have no train split here).
     train_records: list[dict] = field(default_factory=list)
+    # Images the loader left out (undecodable shard samples: "key in shard (reason)"), named in results.json.
+    skipped: list[str] = field(default_factory=list)

@@ -26,7 +26,7 @@ def _languages_of(images: list[BenchmarkImage]) -> list[str]:
 def load_shards(val_specs: list[str], languages: list[str] | None = None, train_specs: list[str] | None = None,
                 max_images: int = 0) -> Benchmark:
     """The images of `val_specs` (decoded now: shards are read front to back, not by random access), with
-    undecodable samples skipped and counted in `Benchmark.source`."""
+    undecodable samples skipped, counted in `Benchmark.source` and named in `Benchmark.skipped`."""
     urls = resolve_shards(val_specs, "val")
     stats: dict = {}
     images = []
@@ -36,6 +36,7 @@ def load_shards(val_specs: list[str], languages: list[str] | None = None, train_
         qa = record.get("qa", [])
         if not isinstance(captions, dict) or not isinstance(qa, list):
             stats["bad"] += 1
+            stats["skipped"].append(f"{sample.key} (bad_record)")
             continue
         images.append(BenchmarkImage(sample.key, sample.image, captions, qa))
         if max_images and len(images) == max_images:
@@ -57,6 +58,7 @@ def load_shards(val_specs: list[str], languages: list[str] | None = None, train_
         retrieval_captions="first",
         source=f"vlm prep shards: {len(urls)} val shard(s), {len(images)} images, {stats['bad']} undecodable skipped",
         train_records=train_records,
+        skipped=stats["skipped"],
     )
 
 

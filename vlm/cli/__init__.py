@@ -15,6 +15,7 @@ import os
 import sys
 import warnings
 
+from data_prep.images import BadImage
 from vlm.cli.parser import build_parser
 from vlm.config import ConfigError
 
@@ -40,6 +41,6 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     try:
         return importlib.import_module(f"vlm.cli.{COMMANDS[args.command]}").run(args)
-    except (ConfigError, FileNotFoundError, FileExistsError) as err:
+    except (ConfigError, BadImage, FileNotFoundError, FileExistsError) as err:
         print(f"vlm {args.command}: error: {err}", file=sys.stderr)
         return 2

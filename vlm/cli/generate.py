@@ -9,8 +9,8 @@ from vlm.config import ConfigError
 def run(args) -> int:
     import torch
 
+    from data_prep.images import decode_image
     from data_prep.languages import get_language
-    from vlm.data.images import decode_image
     from vlm.release import from_pretrained
 
     try:

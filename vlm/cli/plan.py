@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vlm.config import ConfigError, check_paths, load_config
+from vlm.config import check_paths, load_config
 from vlm.plan.target import Target
 
 
@@ -31,13 +31,10 @@ def run(args) -> int:
 
 def _read_model_configs(cfg) -> None:
     """The config.json files the meta build reads (hub ids: from the Hugging Face cache or the hub), read first so
-    that one that is missing, or of the wrong kind, is named."""
+    that one that is missing, or of the wrong kind or architecture, is named (as a ConfigError)."""
     from vlm.model import qformer_weights
     from vlm.model.llm import model_config
 
-    try:
-        model_config(cfg.llm)
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"'llm.name' ({cfg.llm.name}): {str(err).strip().splitlines()[0]}") from None
+    model_config(cfg.llm)
     if cfg.bridge.type == "qformer" and cfg.bridge.init_from:
         qformer_weights.read_model_config(cfg.bridge.init_from)  # names the key when it fails

@@ -12,21 +12,25 @@ BENCHMARK_CURVES = frozenset({"i2t_r1", "t2i_r1", "cider", "chrf", "fidelity", "
 
 
 def run(args) -> int:
+    cfg = load_config(args.config, args.overrides)
+    check_paths(cfg)
+    # Imported after the config is read, so that a config mistake answers without loading torch.
     from vlm import distributed
     from vlm.data.shards import resolve_shards
+    from vlm.model.preflight import check_model
+    from vlm.train.lost_ranks import LostRank
     from vlm.train.strategies import resolve_strategy
     from vlm.train.trainer import NonFiniteTraining, train
 
-    cfg = load_config(args.config, args.overrides)
-    check_paths(cfg)
     resolve_strategy(cfg.train.strategy)  # e.g. fsdp2 without torchrun fails here
     resolve_shards(cfg.data.train, "train")  # missing shards fail here, before the model is built
     if cfg.data.val:
         resolve_shards(cfg.data.val, "val")
+    check_model(cfg)  # the parts' configs, kind, architecture, LoRA targets, encoder layer, tokenizer, tag weights
     try:
         result = train(cfg, resume=args.resume,
                        benchmark=periodic_benchmark(cfg) if cfg.train.benchmark_every else None)
-    except NonFiniteTraining as err:  # not an input mistake (exit 2), and no traceback to read either
+    except (NonFiniteTraining, LostRank) as err:  # not an input mistake (exit 2), and no traceback to read either
         print(f"vlm train: stopped: {err}", file=sys.stderr)
         return 1
     if result.checkpoint is not None:

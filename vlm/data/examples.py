@@ -11,15 +11,20 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from data_prep.images import BadImage, decode_image
 from vlm.config import DataConfig
 from vlm.data.bad_samples import REJECTED, BadSamples
 from vlm.data.collate import Example
 from vlm.data.features import FeatureCache
-from vlm.data.images import BadImage, decode_image
 from vlm.data.language_sampling import LanguageSampler
 from vlm.data.records import image_member, parse_record
 from vlm.data.shards import seeded_rng
-from vlm.data.templates import Templates, load_templates, match_templates, training_templates
+from vlm.data.templates import (
+    Templates,
+    load_templates,
+    match_templates,
+    training_templates,
+)
 
 log = logging.getLogger(__name__)
 # Caption matching draws its negatives from the captions of this many preceding raw samples of the same
@@ -69,9 +74,7 @@ class ExampleMaker:
             return {}
         found = {}
         for lang in self.cfg.languages:
-            texts = captions.get(lang)
-            texts = [texts] if isinstance(texts, str) else texts if isinstance(texts, list) else []
-            texts = [t for t in texts if isinstance(t, str) and t.strip()]
+            texts = [t for t in _listed(captions.get(lang)) if _text(t)]
             if texts:
                 found[lang] = texts
         return found
@@ -93,11 +96,12 @@ class ExampleMaker:
         A language with QA but no caption (LLaVA conversations) teaches VQA only, and the chosen answer
         stands in as the contrastive text."""
         available = self.captions(record)
-        qa = record.get("qa") if isinstance(record.get("qa"), list) else []
-        qa = [q for q in qa if isinstance(q, dict) and q.get("question") and q.get("answers")]
-        qa_langs = {q.get("lang") for q in qa} if "vqa" in dict(self.tasks) else set()
+        qa = qa_items(record)
+        qa_langs = {q["lang"] for q in qa} if "vqa" in dict(self.tasks) else set()
         langs = [lang for lang in self.cfg.languages if lang in available or lang in qa_langs]
         if not langs:
+            if malformed(record):
+                return "bad_record"
             captions = record.get("captions")
             meant = isinstance(captions, dict) and any(lang in captions for lang in self.cfg.languages)
             return "empty_caption" if meant else "no_language"
@@ -120,7 +124,7 @@ class ExampleMaker:
         if lang not in available:  # QA only
             item = rng.choice(questions)
             template = rng.choice(self.prompts[(lang, task)])
-            answer = str(item["answers"][0])
+            answer = item["answers"][0]
             return Plan(lang, task, template.format(question=item["question"]), answer, answer)
         caption = rng.choice(available[lang])
         if task == "caption":
@@ -128,7 +132,7 @@ class ExampleMaker:
         if task == "vqa":
             item = rng.choice(questions)
             template = rng.choice(self.prompts[(lang, task)])
-            return Plan(lang, task, template.format(question=item["question"]), str(item["answers"][0]), caption)
+            return Plan(lang, task, template.format(question=item["question"]), item["answers"][0], caption)
         template = rng.choice(self.prompts[(lang, task)])
         if rng.random() < 0.5:
             shown, answer = caption, self.answers[lang]["yes"]
@@ -159,13 +163,52 @@ class ExampleMaker:
                 return Example(None, plan.prompt, plan.target, plan.caption, plan.lang, plan.task, image_id(key),
                                image_tokens=tokens)
             try:
-                image = decode_image(sample[ext])
-            except BadImage:
-                return self._skip("corrupt_image", sample)
+                image = decode_image(sample[ext], name=f"{key} in {sample.get('__url__')}")
+            except BadImage as err:
+                return self._skip(err.reason, sample)
             return Example(self.transform(image), plan.prompt, plan.target, plan.caption, plan.lang, plan.task,
                            image_id(key))
         finally:
             self.remember(key, record)
+
+
+def _text(value: object) -> bool:
+    """A usable text: a non-blank string that encodes as UTF-8 (a lone surrogate from a "\\ud800" JSON escape
+    does not, and would fail in the tokenizer)."""
+    if not isinstance(value, str) or not value.strip():
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _listed(value: object) -> list:
+    """A text field (a string or a list) as a list; anything else as none."""
+    return [value] if isinstance(value, str) else value if isinstance(value, list) else []
+
+
+def qa_items(record: dict) -> list[dict]:
+    """The usable QA items of a record: a text question, a string lang, answers a text or a list whose first
+    item is one (kept as a list); others are ignored."""
+    items = []
+    for item in _listed(record.get("qa")):
+        if not isinstance(item, dict) or not _text(item.get("question")) or not isinstance(item.get("lang"), str):
+            continue
+        answers = _listed(item.get("answers"))
+        if answers and _text(answers[0]):
+            items.append({**item, "answers": answers})
+    return items
+
+
+def malformed(record: dict) -> bool:
+    """Whether the record's captions or qa have the wrong JSON types (what a hand-made shard gets wrong)."""
+    captions, qa = record.get("captions", {}), record.get("qa", [])
+    if not isinstance(captions, dict) or not isinstance(qa, list):
+        return True
+    texts = [t for value in captions.values() for t in (value if isinstance(value, list) else [value])]
+    return any(not isinstance(t, str) or (t.strip() and not _text(t)) for t in texts) or len(qa_items(record)) < len(qa)
 
 
 def image_id(key: str) -> int:

@@ -7,11 +7,11 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import webdataset as wds
 from PIL import Image
 
+from data_prep.images import BadImage, decode_image
 from data_prep.manifest import IMAGE_MEMBERS
-from vlm.data.images import BadImage, decode_image
+from data_prep.tar_samples import shard_samples
 
 
 @dataclass
@@ -32,51 +32,55 @@ def parse_record(sample: dict) -> tuple[dict | None, str | None]:
         return None, "missing_json"
     try:
         record = json.loads(sample["json"])
-    except ValueError:  # includes UnicodeDecodeError
+    except (ValueError, RecursionError):  # ValueError includes UnicodeDecodeError; deep nesting recurses
         return None, "bad_json"
     return (record, None) if isinstance(record, dict) else (None, "bad_json")
 
 
-def decode_sample(sample: dict) -> Decoded | None:
-    """Raw tar sample -> image + record, or None when the image or json is missing or corrupt."""
+def decode_sample(sample: dict) -> tuple[Decoded | None, str]:
+    """Raw tar sample -> (image + record, "") or (None, why not: a BAD_REASONS name)."""
     ext = image_member(sample)
     record, reason = parse_record(sample)
     if ext is None or reason is not None:
-        return None
+        return None, "no_image" if ext is None else reason
     try:
-        image = decode_image(sample[ext])
-    except BadImage:  # skipped and counted by the caller
-        return None
-    return Decoded(sample["__key__"], image, record)
+        image = decode_image(sample[ext], name=f"{sample['__key__']} in {sample.get('__url__')}")
+    except BadImage as err:  # skipped and counted by the caller
+        return None, err.reason
+    return Decoded(sample["__key__"], image, record), ""
 
 
 def read_samples(urls: list[str], stats: dict | None = None) -> Iterator[Decoded]:
-    """Every decodable sample of `urls` in order (evaluation); bad ones are counted in stats['bad']."""
+    """Every decodable sample of `urls` in order (evaluation). What is skipped is counted in stats['bad'] and
+    named in stats['skipped'] ("key in shard (reason)", or the shard and the tar error)."""
     stats = stats if stats is not None else {}
     stats.setdefault("bad", 0)
+    named = stats.setdefault("skipped", [])
 
-    def on_error(_exc: Exception) -> bool:
+    def skip(reason: str, detail: str) -> None:
         stats["bad"] += 1
-        return True
+        named.append(f"{detail} ({reason})")
 
-    for sample in wds.tariterators.tarfile_samples(({"url": u} for u in urls), handler=on_error):
-        decoded = decode_sample(sample)
-        if decoded is None:
-            stats["bad"] += 1
-            continue
-        yield decoded
+    for url in urls:
+        for sample in shard_samples(url, skip):
+            decoded, reason = decode_sample(sample)
+            if decoded is None:
+                skip(reason, f"{sample['__key__']} in {url}")
+                continue
+            yield decoded
 
 
 def read_records(urls: list[str], limit: int = 0) -> list[dict]:
     """The json records of `urls` without decoding any image (for baselines and corpora)."""
     records: list[dict] = []
-    for sample in wds.tariterators.tarfile_samples(({"url": u} for u in urls), handler=wds.warn_and_continue):
-        try:
-            record = json.loads(sample["json"]) if "json" in sample else None
-        except ValueError:
-            continue
-        if isinstance(record, dict):
+    for sample in (sample for url in urls for sample in shard_samples(url, _ignore)):
+        record, _ = parse_record(sample)
+        if record is not None:
             records.append(record)
         if limit and len(records) == limit:
             break
     return records
+
+
+def _ignore(_reason: str, _detail: str) -> None:
+    """Baselines and corpora take what is readable; the readers that train or score count what is not."""

@@ -5,16 +5,28 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import random
 from collections import Counter
 from pathlib import Path
 
-from data_prep.manifest import expand_pattern, language_counts, read_manifest
+from data_prep.manifest import (
+    expand_pattern,
+    language_counts,
+    read_manifest,
+    shard_exists,
+)
+
+log = logging.getLogger(__name__)
 
 
 def resolve_shards(spec: list[str], split: str) -> list[str]:
-    """Expand a shard spec (files, globs, brace patterns, or a `vlm prep` folder with manifest.json)."""
+    """Expand a shard spec (files, globs, brace patterns, or a `vlm prep` folder with manifest.json).
+
+    A shard the spec names but that is not there (deleted, not yet copied) stays in the list with a warning:
+    readers count it (missing_shard) each time they come to it and go on. Raises FileNotFoundError when no
+    shard at all is there."""
     urls: list[str] = []
     for item in spec:
         path = Path(item)
@@ -22,14 +34,17 @@ def resolve_shards(spec: list[str], split: str) -> list[str]:
             manifest = path / "manifest.json"
             if not manifest.is_file():
                 raise FileNotFoundError(f"data.{split}: folder {item} has no manifest.json")
-            listed = [str(path / name) for name in json.loads(manifest.read_text())[split]]
-            if missing := [url for url in listed if not Path(url).is_file()]:
-                raise FileNotFoundError(f"data.{split}: shard not found: {missing[0]}")
-            urls += listed
+            urls += [str(path / name) for name in json.loads(manifest.read_text())[split]]
             continue
-        urls += expand_pattern(item, f"data.{split}: ")
+        urls += expand_pattern(item, f"data.{split}: ", keep_missing=True)
     if not urls:
         raise FileNotFoundError(f"data.{split}: no shards given")
+    missing = [url for url in urls if not shard_exists(url)]
+    if len(missing) == len(urls):
+        raise FileNotFoundError(f"data.{split}: shard not found: {missing[0]}")
+    if missing:
+        log.warning("data.%s: %d of %d shards not found (%s%s); reading the others, counting these as "
+                    "missing_shard", split, len(missing), len(urls), missing[0], ", ..." if len(missing) > 1 else "")
     return urls
 
 

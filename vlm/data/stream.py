@@ -20,11 +20,17 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from data_prep.tar_samples import shard_samples
 from vlm.config import DataConfig
 from vlm.data.bad_samples import BadSamples
 from vlm.data.batch import Batch, StreamTelemetry
 from vlm.data.collate import Collator, Example
-from vlm.data.examples import MATCH_POOL, ExampleMaker, sample_rng, warn_template_fallbacks
+from vlm.data.examples import (
+    MATCH_POOL,
+    ExampleMaker,
+    sample_rng,
+    warn_template_fallbacks,
+)
 from vlm.data.language_sampling import language_sampler
 from vlm.data.length_grouping import group_by_length
 from vlm.data.records import parse_record
@@ -138,15 +144,15 @@ class TrainStream(IterableDataset):
         return stream_shards(self.urls, self.seed, epoch, self.rank, self.world_size, role, self.num_roles,
                              self.cfg.resampled)
 
-    def _epoch(self, epoch: int, role: int, handler: Callable[[Exception], bool]) -> Iterator[tuple[int | str, dict]]:
+    def _epoch(self, epoch: int, role: int, skip: Callable[[str, str], None]) -> Iterator[tuple[int | str, dict]]:
         """(tag, raw sample) of one epoch's shards. The tag seeds the sample's choices: the epoch, and with
         resampling also which draw of the epoch it came from (a shard drawn twice teaches different things)."""
         for draw, url in enumerate(self.shards(epoch, role)):
             tag = f"{epoch}.{self.rank}.{role}.{draw}" if self.cfg.resampled else epoch
-            for sample in wds.tariterators.tarfile_samples([{"url": url}], handler=handler):
+            for sample in shard_samples(url, skip):
                 yield tag, sample
 
-    def _raw_stream(self, role: int, handler: Callable[[Exception], bool]) -> Iterator[tuple[int, int | str, dict]]:
+    def _raw_stream(self, role: int, skip: Callable[[str, str], None]) -> Iterator[tuple[int, int | str, dict]]:
         """(epoch, tag, raw sample), epoch after epoch from `position.start_epoch`, each shuffled through a buffer
         (before decoding: it holds bytes, not tensors)."""
         empty = 0
@@ -154,7 +160,7 @@ class TrainStream(IterableDataset):
             rng = random.Random(hash((self.seed, epoch, self.rank, role)))  # ints: hash() is not salted
             seen = False
             for tag, sample in wds.shuffle(self.cfg.shuffle_buffer, initial=self.cfg.shuffle_buffer, rng=rng)(
-                    self._epoch(epoch, role, handler)):
+                    self._epoch(epoch, role, skip)):
                 seen = True
                 yield epoch, tag, sample
             empty = 0 if seen else empty + 1
@@ -181,7 +187,7 @@ class TrainStream(IterableDataset):
         window = self.batch_size * max(self.cfg.group_by_length, 1)
         examples: list[Example] = []
         rejected_reported = 0
-        for index, (epoch, tag, sample) in enumerate(self._raw_stream(role, bad.handler)):
+        for index, (epoch, tag, sample) in enumerate(self._raw_stream(role, bad.add)):
             if index < skip:
                 if index >= refill:
                     maker.remember(sample["__key__"], parse_record(sample)[0])
@@ -231,7 +237,7 @@ def fixed_batches(urls: list[str], cfg: DataConfig, transform, collator: Collato
     sample's language drawn uniformly among its own (no language sampling). The collator's outputs (ModelInputs)."""
     maker = ExampleMaker(cfg, transform)
     examples: list[Example] = []
-    for sample in wds.tariterators.tarfile_samples(({"url": u} for u in urls), handler=maker.bad.handler):
+    for sample in (sample for url in urls for sample in shard_samples(url, maker.bad.add)):
         example = maker(sample, sample_rng(seed, 0, sample["__key__"]))
         if example is not None:
             examples.append(example)

@@ -13,6 +13,8 @@ from peft import LoraConfig, TaskType, get_peft_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
 from transformers import (
+    MODEL_FOR_CAUSAL_LM_MAPPING,
+    MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING,
     AutoConfig,
     AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
@@ -21,16 +23,30 @@ from transformers import (
     PreTrainedModel,
 )
 from transformers.initialization import no_init_weights
+from transformers.pytorch_utils import Conv1D
 
-from vlm.config import LLMConfig
+from vlm.config import ConfigError, LLMConfig, fetch_error, first_line
 from vlm.data.batch import IGNORE_INDEX
-from vlm.model.lm_loss import final_hidden_states, labelled_lm_loss, supports_labelled_logits
+from vlm.model.lm_loss import (
+    final_hidden_states,
+    labelled_lm_loss,
+    supports_labelled_logits,
+)
 from vlm.model.weights import copy_tensors
 from vlm.precision import weight_dtype
 
+# The layer types peft's LoRA wraps: a module named in llm.lora_targets must be one of them.
+LORA_LAYERS = (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d, nn.Conv3d, Conv1D)
+
 
 def load_tokenizer(cfg: LLMConfig):
-    tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.name, trust_remote_code=cfg.trust_remote_code)
+    key, source = ("llm.tokenizer", cfg.tokenizer) if cfg.tokenizer else ("llm.name", cfg.name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
+    except OSError as err:
+        raise fetch_error(key, source, err) from None
+    except ValueError as err:  # a folder without tokenizer files
+        raise ConfigError(f"'{key}' ({source}): no tokenizer transformers can load ({first_line(err)})") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token  # decoder-only LMs often ship without a pad token
     return tokenizer
@@ -41,10 +57,26 @@ def _auto_class(cfg: LLMConfig):
 
 
 def model_config(cfg: LLMConfig):
-    """The transformers config `llm.name` points at (config.json only), checked against `llm.kind`."""
-    config = AutoConfig.from_pretrained(cfg.name, trust_remote_code=cfg.trust_remote_code)
+    """The transformers config `llm.name` points at (config.json only), checked against `llm.kind` and against
+    the architectures transformers builds for that kind."""
+    try:
+        config = AutoConfig.from_pretrained(cfg.name, trust_remote_code=cfg.trust_remote_code)
+    except OSError as err:
+        raise fetch_error("llm.name", cfg.name, err) from None
+    except ValueError as err:  # a model_type transformers does not know, or remote code not trusted
+        raise ConfigError(f"'llm.name' ({cfg.name}): {first_line(err)}") from None
     _check_kind(cfg, config.is_encoder_decoder)
+    _check_architecture(cfg, config)
     return config
+
+
+def _check_architecture(cfg: LLMConfig, config: PretrainedConfig) -> None:
+    mapping = MODEL_FOR_CAUSAL_LM_MAPPING if cfg.kind == "causal" else MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING
+    remote = cfg.trust_remote_code and _auto_class(cfg).__name__ in (getattr(config, "auto_map", None) or {})
+    if type(config) not in mapping and not remote:
+        what = "causal (decoder-only)" if cfg.kind == "causal" else "seq2seq (encoder-decoder)"
+        raise ConfigError(f"'llm.name' ({cfg.name}) is a '{config.model_type}' model, not a {what} LM that "
+                          f"transformers' {_auto_class(cfg).__name__} builds: choose a language model")
 
 
 def _ties_output_embeddings(cfg: LLMConfig) -> bool:
@@ -68,8 +100,21 @@ def _untie_output_embeddings(model: PreTrainedModel) -> None:
 
 def _check_kind(cfg: LLMConfig, is_encoder_decoder: bool) -> None:
     if is_encoder_decoder != (cfg.kind == "seq2seq"):
-        found = "an encoder-decoder" if is_encoder_decoder else "a decoder-only"
-        raise ValueError(f"llm.kind is '{cfg.kind}' but '{cfg.name}' is {found} model")
+        found, kind = ("an encoder-decoder", "seq2seq") if is_encoder_decoder else ("a decoder-only", "causal")
+        raise ConfigError(f"'llm.kind' is '{cfg.kind}' but '{cfg.name}' is {found} model: set llm.kind={kind}")
+
+
+def _check_lora_targets(cfg: LLMConfig, model: nn.Module) -> None:
+    """Every module llm.lora_targets names is a layer of the model LoRA can wrap (peft matches a target against
+    the end of each module's dotted name; it would accept a list where only some match)."""
+    if cfg.lora_targets == "all-linear":
+        return
+    names = [name for name, module in model.named_modules() if isinstance(module, LORA_LAYERS)]
+    for target in (t.strip() for t in cfg.lora_targets.split(",")):
+        if not any(name == target or name.endswith("." + target) for name in names):
+            known = sorted({name.rsplit(".", 1)[-1] for name in names})
+            raise ConfigError(f"'llm.lora_targets': '{cfg.name}' has no linear or embedding layer named "
+                              f"'{target}' (LoRA can wrap: {', '.join(known)})")
 
 
 class LanguageModel(nn.Module):
@@ -90,6 +135,7 @@ class LanguageModel(nn.Module):
             _untie_output_embeddings(model)
         model.requires_grad_(False)
         if cfg.lora_r > 0:
+            _check_lora_targets(cfg, model)
             model = get_peft_model(model, self._lora_config())
         if cfg.train_embeddings:
             model.get_input_embeddings().requires_grad_(True)
@@ -111,8 +157,11 @@ class LanguageModel(nn.Module):
     def load_weights(self) -> None:
         """Read the pretrained weights through transformers' own loader and copy them (and the buffers) into the
         built model; the LoRA adapter keeps its initialisation."""
-        pretrained = _auto_class(self.cfg).from_pretrained(self.cfg.name, dtype=weight_dtype(self.cfg.dtype),
-                                                           trust_remote_code=self.cfg.trust_remote_code)
+        try:
+            pretrained = _auto_class(self.cfg).from_pretrained(self.cfg.name, dtype=weight_dtype(self.cfg.dtype),
+                                                               trust_remote_code=self.cfg.trust_remote_code)
+        except OSError as err:  # a config.json in the cache (or a folder) without its weights
+            raise fetch_error("llm.name", self.cfg.name, err) from None
         # Materialising from the meta device (to_empty) unties shared tables: tie them again, as built.
         self.base_model.tie_weights(recompute_mapping=False)
         copy_tensors(pretrained, self.base_model, rename=lambda name: name.replace(".base_layer.", "."),

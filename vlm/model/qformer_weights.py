@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from safetensors import safe_open
+
+from vlm.config import ConfigError, fetch_error
 
 if TYPE_CHECKING:  # the Q-Former module imports this one to read its init_from weights
     from vlm.model.bridges.qformer import QFormer
@@ -35,8 +38,8 @@ def read_model_config(name_or_path: str) -> dict:
     try:
         return AutoConfig.from_pretrained(name_or_path).to_dict()
     except (OSError, ValueError) as err:
-        raise FileNotFoundError(f"'bridge.init_from': cannot read a model config from {name_or_path} "
-                                f"({str(err).splitlines()[0]})") from None
+        raise fetch_error("bridge.init_from", name_or_path, err,
+                          instead="a local folder saved with save_pretrained") from None
 
 
 def is_blip2(config: dict) -> bool:
@@ -222,7 +225,10 @@ def _read_tensors(files: list[Path], wanted) -> dict[str, torch.Tensor]:
             with safe_open(str(path), framework="pt") as f:
                 out.update({k: f.get_tensor(k) for k in f.keys() if wanted(k)})
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except pickle.UnpicklingError:  # weights_only refused a global: never run it, say which file
+                raise ConfigError(f"'bridge.init_from' {path}: refused, it holds objects other than tensors") from None
             out.update({k: v for k, v in state.items() if wanted(k)})
     return out
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import pickle
 from pathlib import Path
 
 import open_clip
@@ -13,17 +14,42 @@ from open_clip.push_to_hf_hub import save_config_for_hf
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from vlm.config import VisionConfig
+from vlm.config import ConfigError, InputError, VisionConfig, fetch_error
 from vlm.model.weights import copy_tensors
 
 LOCAL_DIR = "local-dir:"
 OPEN_CLIP_CONFIG = "open_clip_config.json"
 
 
+def _pretrained_tag(cfg: VisionConfig) -> dict:
+    """open_clip's entry for the tag `vision.pretrained` names ({} for none, or for a checkpoint file); a value
+    that is neither a file nor one of the model's tags is named with the tags it has."""
+    if not cfg.pretrained or Path(cfg.pretrained).expanduser().is_file():
+        return {}
+    tag = open_clip.get_pretrained_cfg(cfg.name, cfg.pretrained)
+    if not tag:
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(cfg.name)) or "none"
+        raise ConfigError(f"'vision.pretrained' ({cfg.pretrained}) is neither a file nor a pretrained tag of "
+                          f"open_clip's '{cfg.name}' (its tags: {tags})")
+    return tag
+
+
+def fetch_pretrained(cfg: VisionConfig) -> None:
+    """Download the weights of the pretrained tag (or find them in the cache), so that a tag whose weights cannot
+    be had is one line naming it, before anything is built."""
+    tag = _pretrained_tag(cfg)
+    if not tag:
+        return
+    try:
+        open_clip.pretrained.download_pretrained(tag)  # the cache open_clip's own loader reads next
+    except OSError as err:  # open_clip's FileNotFoundError from the hub, urllib's URLError
+        raise fetch_error("vision.pretrained", cfg.pretrained, err, instead="a local checkpoint file") from None
+
+
 def _tag_preprocess(cfg: VisionConfig) -> dict:
     """The preprocessing (mean, std, resize) of a pretrained tag, read without downloading anything, as
     `create_model_and_transforms` arguments."""
-    tag = open_clip.get_pretrained_cfg(cfg.name, cfg.pretrained) if cfg.pretrained else {}
+    tag = _pretrained_tag(cfg)
     keep = ("mean", "std", "interpolation", "resize_mode")
     return {f"image_{k}": tag[k] for k in keep if k in tag}
 
@@ -45,7 +71,14 @@ def create_open_clip(cfg: VisionConfig, load_weights: bool,
         if load_weights:
             model.visual.load_state_dict(load_file(cfg.visual_weights), strict=True)
         return model, preprocess
-    model, _, preprocess = open_clip.create_model_and_transforms(cfg.name, pretrained=(cfg.pretrained or None))
+    fetch_pretrained(cfg)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(cfg.name, pretrained=(cfg.pretrained or None))
+    except pickle.UnpicklingError:  # open_clip reads checkpoints with torch.load(weights_only=True)
+        local = cfg.name.startswith(LOCAL_DIR)
+        key, value = ("vision.name", cfg.name) if local else ("vision.pretrained", cfg.pretrained)
+        raise InputError(f"'{key}' ({value}): the weights file holds objects other than tensors, which are never "
+                         "unpickled: save its state dict alone, or as safetensors") from None
     return model, preprocess
 
 
@@ -56,12 +89,12 @@ def open_clip_architecture(cfg: VisionConfig) -> dict:
     if cfg.name.startswith(LOCAL_DIR):
         folder = Path(cfg.name[len(LOCAL_DIR):])
         if not (folder / OPEN_CLIP_CONFIG).is_file():
-            raise FileNotFoundError(f"vision.name: {folder} has no {OPEN_CLIP_CONFIG}")
+            raise ConfigError(f"'vision.name': {folder} has no {OPEN_CLIP_CONFIG}")
         return json.loads((folder / OPEN_CLIP_CONFIG).read_text())["model_cfg"]
     architecture = open_clip.get_model_config(cfg.name)
     if architecture is None:
-        raise ValueError(f"vision.name: unknown open_clip model '{cfg.name}' "
-                         f"(add its JSON folder as vision.model_config_dir)")
+        raise ConfigError(f"'vision.name': unknown open_clip model '{cfg.name}' "
+                          f"(add its JSON folder as vision.model_config_dir)")
     return architecture
 
 
@@ -82,8 +115,8 @@ def _blocks_and_width(visual: nn.Module, name: str) -> tuple[int, int]:
     trunk = getattr(visual, "trunk", None)
     if trunk is not None and hasattr(trunk, "blocks") and hasattr(trunk, "embed_dim"):
         return len(trunk.blocks), trunk.embed_dim
-    raise ValueError(f"vision.name '{name}': {type(visual).__name__} is not a ViT with patch tokens "
-                     "(open_clip's VisionTransformer or a timm ViT/EVA trunk)")
+    raise ConfigError(f"'vision.name' ({name}): {type(visual).__name__} is not a ViT with patch tokens "
+                      "(open_clip's VisionTransformer or a timm ViT/EVA trunk)")
 
 
 class ImageEncoder(nn.Module):
@@ -101,7 +134,8 @@ class ImageEncoder(nn.Module):
         self.num_blocks, self.width = _blocks_and_width(self.visual, cfg.name)
         layer = cfg.layer if cfg.layer >= 0 else self.num_blocks + cfg.layer
         if not 0 <= layer < self.num_blocks:
-            raise ValueError(f"vision.layer={cfg.layer} is outside the {self.num_blocks} blocks of '{cfg.name}'")
+            raise ConfigError(f"'vision.layer' ({cfg.layer}) is outside the {self.num_blocks} blocks of '{cfg.name}' "
+                              f"(0 to {self.num_blocks - 1}, or -1 for the last)")
         self.layer_index = layer
         self.visual.requires_grad_(False)
         self.visual.eval()

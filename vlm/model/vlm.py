@@ -16,7 +16,7 @@ from torch import nn
 from transformers import AutoTokenizer
 
 from data_prep.languages import get_language
-from vlm.config import Config
+from vlm.config import Config, fetch_error
 from vlm.data.batch import ModelInputs
 from vlm.data.collate import Collator, bridge_text_ids
 from vlm.data.templates import caption_prompt, templates_for, vqa_prompt
@@ -30,7 +30,12 @@ from vlm.model.vision import ImageEncoder
 def load_bridge_tokenizer(cfg: Config, llm_tokenizer):
     """The Q-Former text branch's tokenizer: bridge.tokenizer, else a BERT-family bridge.init_from, else the LLM's."""
     source = _bridge_tokenizer_source(cfg)
-    return AutoTokenizer.from_pretrained(source) if source else llm_tokenizer
+    if not source:
+        return llm_tokenizer
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except OSError as err:
+        raise fetch_error("bridge.tokenizer" if cfg.bridge.tokenizer else "bridge.init_from", source, err) from None
 
 
 def _bridge_tokenizer_source(cfg: Config) -> str:

@@ -8,10 +8,10 @@
         config.json                    the run's resolved config
     output_dir/checkpoints/latest      the name of the newest complete checkpoint
 
-A checkpoint is written into a staging folder and renamed into place, then `latest` is replaced atomically, so
-a kill at any moment leaves the previous checkpoint intact and `latest` valid. Tensors are keyed by parameter
-names without any strategy's wrapper prefix, so a checkpoint of one strategy and world size loads into another;
-frozen weights are never written.
+A checkpoint is written into a staging folder, fsynced and renamed into place, then `latest` is replaced
+atomically, so a kill at any moment leaves the previous checkpoint intact and `latest` valid; a `latest` naming no
+checkpoint is an error, never a fresh start. Tensors are keyed by parameter names without any strategy's wrapper
+prefix, so a checkpoint of one strategy and world size loads into another; frozen weights are never written.
 
 Resuming with the ranks and loader workers a checkpoint was written with continues exactly (bit for bit). With
 another layout, the weights, optimizer and schedule continue as saved, the data stream starts a fresh pass
@@ -22,6 +22,7 @@ another layout, the weights, optimizer and schedule continue as saved, the data 
 from __future__ import annotations
 
 import json
+import pickle
 import random
 import shutil
 import warnings
@@ -30,15 +31,19 @@ from pathlib import Path
 
 import torch
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import FileSystemReader
-from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    set_model_state_dict,
+)
 
 from vlm import distributed
-from vlm.config import Config, InputError, check_paths, config_from_dict
+from vlm.config import Config, InputError, check_paths, config_from_dict, first_line
 from vlm.data.stream import StreamPosition
-from vlm.folders import publish_folder, staging_folder
+from vlm.folders import atomic_file, publish_folder, staging_folder
 from vlm.model.vlm import VisionLLM
 from vlm.objective.objective import Objective
+from vlm.train.safe_dcp import SafeLoadPlanner, SafeReader
 from vlm.train.strategies.base import LOAD_OPTIONS, STATE_DICT_OPTIONS, Strategy
 
 STATE = "training_state.pt"
@@ -54,10 +59,22 @@ ARCHITECTURE_KEYS = {
 
 
 def _dcp(call, state: dict, path: Path) -> None:
-    """dcp.save or dcp.load, without the warning DCP gives on every call in one process (a supported layout)."""
+    """dcp.save or dcp.load, without the warning DCP gives on every call in one process (a supported layout);
+    loads go through the reader and planner that never execute a pickle."""
+    loading = call is dcp.load
+    extra = {"storage_reader": SafeReader(str(path)), "planner": SafeLoadPlanner()} if loading else {}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
-        call(state, checkpoint_id=str(path), no_dist=not distributed.is_distributed())
+        try:
+            call(state, checkpoint_id=str(path), no_dist=not distributed.is_distributed(), **extra)
+        except CheckpointException as err:  # DCP's per-rank tracebacks; the shapes were checked before loading
+            if not loading:
+                raise
+            causes = [cause for cause, _ in err.failures.values()]
+            refused = any(isinstance(cause, pickle.UnpicklingError) for cause in causes)
+            reason = "an entry holds objects other than tensors and plain values, refused" if refused else (
+                f"{type(causes[0]).__name__}: {first_line(causes[0])}")
+            raise InputError(f"{path}: cannot load the checkpoint ({reason})") from None
 
 
 # --- RNG -------------------------------------------------------------------------------------------
@@ -180,18 +197,19 @@ def save_checkpoint(output_dir: Path, step: int, strategy: Strategy, optimizer: 
         torch.save({"step": step, "scheduler": scheduler_state, "ranks": ranks, "layout": vars(layout)},
                    tmp / STATE)
         (tmp / CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2, ensure_ascii=False) + "\n")
+        # fsyncs every file, then the rename (DCP's FileSystemWriter already synced its shards: sync_files=True)
         path = publish_folder(tmp, final)
-        pointer = root / f".{LATEST}.tmp"
-        pointer.write_text(final.name + "\n")
-        pointer.replace(root / LATEST)
+        with atomic_file(root / LATEST) as pointer:
+            pointer.write_text(final.name + "\n")
         _prune(root, cfg.train.keep_checkpoints)
     distributed.barrier()
     return path
 
 
 def _prune(root: Path, keep: int) -> None:
+    """Keep the newest `keep` checkpoints; remove any staging or moved-aside folder a killed save left behind."""
     done = sorted(p for p in root.glob("step-*") if p.is_dir())
-    for old in done[:-keep]:
+    for old in done[:-keep] + list(root.glob(".step-*")):
         shutil.rmtree(old, ignore_errors=True)
 
 
@@ -199,11 +217,17 @@ def _prune(root: Path, keep: int) -> None:
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
+    """The checkpoint `checkpoints/latest` names; None before the first save. A `latest` naming no checkpoint
+    (one deleted or copied without its folder) is an error: resuming must never silently start afresh."""
     pointer = Path(output_dir) / "checkpoints" / LATEST
     if not pointer.is_file():
         return None
     path = pointer.parent / pointer.read_text().strip()
-    return path if path.is_dir() else None
+    if not (path / METADATA).is_file():
+        what = f"not a checkpoint (no {METADATA})" if path.is_dir() else "missing"
+        raise InputError(f"{pointer} names {path}, which is {what}: point it at an existing step-* folder "
+                         "or remove it")
+    return path
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -220,6 +244,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
 def read_training_state(path: Path) -> dict:
     try:
         return torch.load(path / STATE, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # weights_only refused a global: a crafted file (torch's hint would say unsafe)
+        raise InputError(f"{path / STATE}: refused, it holds objects other than tensors and plain values") from None
     except (RuntimeError, EOFError, OSError) as err:  # pickle/zip errors of a truncated file
         raise InputError(f"{path / STATE}: unreadable ({str(err).splitlines()[0]})") from None
 
@@ -228,7 +254,7 @@ def read_tensor_index(path: Path) -> dict:
     """The names and shapes of a checkpoint's tensors (its DCP metadata: no tensor is read); a missing or damaged
     index is one line naming it."""
     try:
-        return FileSystemReader(str(path)).read_metadata().state_dict_metadata
+        return SafeReader(str(path)).read_metadata().state_dict_metadata
     except Exception as err:  # noqa: BLE001 - a missing or damaged .metadata: pickle, OS and value errors
         raise InputError(f"{path / METADATA}: unreadable ({type(err).__name__}: {err})") from None
 

@@ -24,11 +24,17 @@ from vlm.data.bad_samples import BAD_REASONS, REJECTED
 from vlm.data.batch import Batch
 from vlm.data.features import check_cache
 from vlm.data.shards import resolve_shards
-from vlm.data.stream import StreamPosition, TrainStream, fixed_batches, make_train_loader
+from vlm.data.stream import (
+    StreamPosition,
+    TrainStream,
+    fixed_batches,
+    make_train_loader,
+)
 from vlm.model.vision_identity import encoder_identity
 from vlm.model.vlm import VisionLLM
 from vlm.objective.objective import Objective
 from vlm.train import checkpoint
+from vlm.train.lost_ranks import explain_failure
 from vlm.train.metrics import MetricsLogger
 from vlm.train.preemption import StopRequest, ignore_stop_signals
 from vlm.train.schedule import make_scheduler
@@ -75,7 +81,7 @@ class Trainer:
         """`batches` replaces the training stream (each rank's own batches), for callers that feed the loop
         themselves; by default every rank reads its share of data.train."""
         self.cfg = cfg
-        self.device = distributed.init_distributed()
+        self.device = distributed.init_distributed(cfg.train.dist_timeout_s)
         self.rank, self.world = distributed.rank(), distributed.world_size()
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
@@ -183,15 +189,23 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Train to train.max_steps (or train.max_minutes), then validate, benchmark and save. A stop signal
         (vlm/train/preemption.py) ends the run after the current step with a checkpoint and nothing else."""
-        with StopRequest() as stop:
-            stopped_by = self._loop(stop)
-        cfg = self.cfg.train
-        if stopped_by is None:
-            if cfg.eval_every and self.val_batches and self.step % cfg.eval_every != 0:
-                self.metrics.log("eval", self.step, self.validate())
-            if self.benchmark is not None and cfg.benchmark_every and self.step % cfg.benchmark_every != 0:
-                self.run_benchmark()
-        path = self.save()
+        try:
+            with StopRequest() as stop:
+                stopped_by = self._loop(stop)
+            cfg = self.cfg.train
+            if stopped_by is None:
+                if cfg.eval_every and self.val_batches and self.step % cfg.eval_every != 0:
+                    self.metrics.log("eval", self.step, self.validate())
+                if self.benchmark is not None and cfg.benchmark_every and self.step % cfg.benchmark_every != 0:
+                    self.run_benchmark()
+            path = self.save()
+        except Exception as err:
+            with StopRequest():  # torchrun's SIGTERM to the survivors must not cut the few seconds of reports
+                lost = explain_failure(err, self.step) if distributed.is_distributed() else None
+            if lost is None:
+                raise
+            self.metrics.close()
+            raise lost from None
         if stopped_by is not None and distributed.is_main():
             log.warning("%s received: stopped after step %d with checkpoint %s; continue with --resume", stopped_by,
                         self.step, path)
