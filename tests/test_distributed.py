@@ -242,3 +242,20 @@ def test_a_rank_that_hangs_or_dies_is_named_by_the_survivor_within_the_timeout(t
         assert timeout_s - 1 < named_after < timeout_s + REPORT_WAIT_S + 10
     else:  # a dead peer's connection resets: no need to wait for the timeout
         assert named_after < REPORT_WAIT_S + 10
+
+
+def test_uneven_shards_across_ranks_finish_without_a_hang(tiny_parts, tmp_path):
+    """3 train shards over 2 ranks (2 and 1) and 1 validation shard (one rank validates on nothing): the endless
+    per-rank stream and validation's single all-reduce keep every collective matched."""
+    train = sorted(Path(tiny_parts.data).glob("train-*.tar"))[:3]
+    val = sorted(Path(tiny_parts.data).glob("val-*.tar"))[:1]
+    run = tmp_path / "run"
+    args = ["-m", "vlm.cli", "train", str(DEMO), *tiny_parts.overrides(run),
+            f"data.train=[{','.join(map(str, train))}]", f"data.val=[{val[0]}]", "train.max_steps=6",
+            "train.eval_every=3", "train.save_every=3", "train.dist_timeout_s=60"]
+    proc = _torchrun(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in rows if r["kind"] == "eval"] == [3, 6]
+    assert (run / "checkpoints" / "step-0000006").is_dir()
