@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
 from data_prep.images import BadImage, decode_image
+from data_prep.tar_samples import shard_samples
 from vlm import precision
 from vlm.config import Config, ConfigError
 from vlm.data.features import (
@@ -89,13 +89,9 @@ class ShardImages(IterableDataset):
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor | None, str]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        errors: list[Exception] = []
+        damage: list[tuple[str, str]] = []  # (reason, detail) of the shard itself, and of repeated keys
 
-        def on_error(exc: Exception) -> bool:
-            errors.append(exc)
-            return True  # the samples before the damage are kept
-
-        for index, sample in enumerate(wds.tariterators.tarfile_samples([{"url": self.url}], handler=on_error)):
+        for index, sample in enumerate(shard_samples(self.url, lambda reason, detail: damage.append((reason, detail)))):
             if index % workers != worker:
                 continue
             key, ext = sample["__key__"], image_member(sample)
@@ -106,11 +102,11 @@ class ShardImages(IterableDataset):
                 yield key, self.transform(decode_image(sample[ext], name=f"{key} in {self.url}")), ""
             except BadImage as err:
                 log.warning("%s", err)
-                yield key, None, "corrupt_image"
-        if worker == 0:  # every worker read the damaged tar: one counts it
-            for exc in errors:
-                log.warning("%s: %s", self.url, exc)
-                yield "", None, "tar_error"
+                yield key, None, err.reason
+        if worker == 0:  # every worker read the whole tar: one counts what was wrong with it
+            for reason, detail in damage:
+                log.warning("%s: %s", self.url, detail)
+                yield "", None, reason
 
 
 def _encode_shard(job: FeatureJob, encoder: ImageEncoder, storage: str, batch_size: int, num_workers: int,

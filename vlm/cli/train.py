@@ -23,7 +23,7 @@ def run(args) -> int:
     from vlm.train.trainer import NonFiniteTraining, train
 
     resolve_strategy(cfg.train.strategy)  # e.g. fsdp2 without torchrun fails here
-    resolve_shards(cfg.data.train, "train")  # missing shards fail here, before the model is built
+    resolve_shards(cfg.data.train, "train")  # no shard at all fails here, before the model is built
     if cfg.data.val:
         resolve_shards(cfg.data.val, "val")
     check_model(cfg)  # the parts' configs, kind, architecture, LoRA targets, encoder layer, tokenizer, tag weights
