@@ -259,3 +259,34 @@ def test_uneven_shards_across_ranks_finish_without_a_hang(tiny_parts, tmp_path):
     assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
     assert [r["step"] for r in rows if r["kind"] == "eval"] == [3, 6]
     assert (run / "checkpoints" / "step-0000006").is_dir()
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the ranks' pids through /proc (Linux)")
+def test_a_stop_signal_to_one_rank_stops_every_rank_after_the_same_step(tiny_parts, tmp_path):
+    """SIGUSR1 reaches rank 1 only: both ranks stop after the same step, one checkpoint holds both ranks' state,
+    torchrun exits 0."""
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    args = ["-m", "vlm.cli", "train", str(DEMO), *tiny_parts.overrides(run), "train.max_steps=100000",
+            "train.log_every=1", "train.eval_every=0", "train.save_every=0"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
+    log = tmp_path / "stderr.txt"
+    with log.open("w") as stderr:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr, cwd=tmp_path, env=_env())
+    try:
+        deadline = time.monotonic() + 240
+        while not (run / "metrics.jsonl").exists() or len(_train_rows(run)) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        os.kill(_rank_pid(proc.pid, 1), signal.SIGUSR1)
+        assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    last = _train_rows(run)[-1]["step"]
+    assert (run / "checkpoints" / LATEST).read_text().strip() == f"step-{last:07d}"
+    state = read_training_state(run / "checkpoints" / f"step-{last:07d}")
+    assert state["step"] == last and len(state["ranks"]) == 2
+    assert f"received: stopped after step {last} with checkpoint" in log.read_text()
