@@ -57,9 +57,9 @@ def _poison(trainer: Trainer, bad_calls: set[int] | None, after: int | None = No
     """Make the loss (and so every gradient) NaN on the given forward calls, or on every call after `after`."""
     forward, calls = trainer.strategy.forward, [0]
 
-    def poisoned(inputs):
+    def poisoned(inputs, **options):
         calls[0] += 1
-        out = forward(inputs)
+        out = forward(inputs, **options)
         if (bad_calls and calls[0] in bad_calls) or (after is not None and calls[0] > after):
             out = {**out, "loss": out["loss"] * math.nan}
         return out

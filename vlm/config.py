@@ -123,6 +123,14 @@ class LossConfig:
     itg_label_smoothing: float = 0.1
     # Switch-style load balancing of the MoE router (0: off).
     moe_balance_weight: float = 0.0
+    # Per-language weights of each example in every example-level term (lm, contrastive, itc, itm, itg), e.g.
+    # {si: 2.0}: a Sinhala caption or answer counts twice in each term's mean. Unnamed languages weigh 1.
+    language_weights: dict[str, float] = field(default_factory=dict)
+    # Up-weight the languages whose validation LM loss lags: after each validation, w_L = (loss_L / mean over
+    # languages)^lagging_boost, clipped to [1/lagging_max_weight, lagging_max_weight], times language_weights;
+    # 0: off. Needs data.val and train.eval_every; the weights are logged and kept in checkpoints.
+    lagging_boost: float = 0.0
+    lagging_max_weight: float = 4.0
 
 
 @dataclass
@@ -362,6 +370,11 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
+    if origin is dict:
+        key_type, value_type = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{key}' must be a mapping, got {type(value).__name__}")
+        return {_coerce(k, key_type, f"{key} key"): _coerce(v, value_type, f"{key}.{k}") for k, v in value.items()}
     if origin is list:
         (item_type,) = typing.get_args(hint)
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
@@ -456,6 +469,14 @@ def validate(cfg: Config) -> None:
     _check(loss.max_logit_scale >= 1.0 / loss.init_temperature,
            "'loss.max_logit_scale' must be >= 1 / 'loss.init_temperature'")
     _check(len(data.languages) > 0, "'data.languages' is empty")
+    for lang, weight in loss.language_weights.items():
+        _check(lang in data.languages, f"'loss.language_weights' names '{lang}', which is not in data.languages "
+               f"({', '.join(data.languages)})")
+        _check(weight > 0, f"'loss.language_weights.{lang}' must be > 0")
+    _check(loss.lagging_boost >= 0, "'loss.lagging_boost' must be >= 0 (0: off)")
+    _check(loss.lagging_max_weight >= 1, "'loss.lagging_max_weight' must be >= 1")
+    _check(loss.lagging_boost == 0 or (data.val and train.eval_every > 0),
+           "'loss.lagging_boost' follows the per-language validation loss: set data.val and train.eval_every > 0")
     for code in data.languages:
         try:
             get_language(code)

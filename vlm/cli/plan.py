@@ -18,13 +18,17 @@ def run(args) -> int:
     cfg = load_config(args.config, args.overrides)
     check_paths(cfg)
     _read_model_configs(cfg)
+    from vlm.plan.fertility import format_fertility, plan_fertility
     from vlm.plan.planner import make_plan, trace_model
     from vlm.plan.report import format_plan, plan_dict
 
     plan = make_plan(trace_model(cfg, target.device), target)
+    fertility = plan_fertility(cfg)
     print(format_plan(plan, args.config))
+    print("", *format_fertility(fertility), sep="\n")
     if args.json:
-        numbers = {"config": str(args.config), "overrides": list(args.overrides), **plan_dict(plan)}
+        numbers = {"config": str(args.config), "overrides": list(args.overrides), **plan_dict(plan),
+                   "fertility": fertility}
         Path(args.json).write_text(json.dumps(numbers, indent=2) + "\n")
     return 0
 

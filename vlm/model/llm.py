@@ -30,6 +30,7 @@ from vlm.data.batch import IGNORE_INDEX
 from vlm.model.lm_loss import (
     final_hidden_states,
     labelled_lm_loss,
+    labelled_token_losses,
     supports_labelled_logits,
 )
 from vlm.model.weights import copy_tensors
@@ -198,13 +199,15 @@ class LanguageModel(nn.Module):
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model.get_input_embeddings()(ids)
 
-    def forward(self, prefix: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                labels: torch.Tensor) -> torch.Tensor:
-        """Mean next-token loss over the labelled target tokens.
+    @property
+    def computes_labelled_logits(self) -> bool:
+        """Whether the loss is taken at the labelled positions only (vlm/model/lm_loss.py), which per-sample
+        weights and per-sample losses need."""
+        return self.cfg.labelled_logits and supports_labelled_logits(self.base_model)
 
-        causal:  input_ids = prompt + target (right-padded), labels = -100 except on the target.
-        seq2seq: input_ids = prompt (encoder side), labels = target (decoder side, -100 on padding).
-        """
+    def _inputs(self, prefix: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """[prefix; text] embeddings, their attention mask and labels (-100 on the visual positions)."""
         prefix = prefix.to(self.dtype)
         embeds = torch.cat([prefix, self.embed(input_ids)], dim=1)
         ones = attention_mask.new_ones(prefix.shape[:2])
@@ -212,10 +215,38 @@ class LanguageModel(nn.Module):
         if not self.is_seq2seq:
             ignore = labels.new_full(prefix.shape[:2], IGNORE_INDEX)  # no loss on the visual positions
             labels = torch.cat([ignore, labels], dim=1)
-        if self.cfg.labelled_logits and supports_labelled_logits(self.base_model):
-            return labelled_lm_loss(self.base_model, final_hidden_states(self.base_model, embeds, mask, labels), labels)
+        return embeds, mask, labels
+
+    def forward(self, prefix: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                labels: torch.Tensor, sample_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean next-token loss over the labelled target tokens (with (B,) `sample_weights`, each token weighted by
+        its sample's weight: the weighted mean).
+
+        causal:  input_ids = prompt + target (right-padded), labels = -100 except on the target.
+        seq2seq: input_ids = prompt (encoder side), labels = target (decoder side, -100 on padding).
+        """
+        embeds, mask, labels = self._inputs(prefix, input_ids, attention_mask, labels)
+        if self.computes_labelled_logits:
+            hidden = final_hidden_states(self.base_model, embeds, mask, labels)
+            return labelled_lm_loss(self.base_model, hidden, labels, sample_weights)
+        if sample_weights is not None:
+            raise ValueError("per-sample LM loss weights need llm.labelled_logits and an architecture it supports")
         # No KV cache in training: nothing reads it, and activation checkpointing's recomputation would append to it.
         return self.model(inputs_embeds=embeds, attention_mask=mask, labels=labels, use_cache=False).loss
+
+    @torch.no_grad()
+    def sample_losses(self, prefix: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B,) summed next-token cross-entropy of each sample's labelled tokens and (B,) their counts (float32), for
+        per-language validation losses. Needs `computes_labelled_logits`."""
+        embeds, mask, labels = self._inputs(prefix, input_ids, attention_mask, labels)
+        hidden = final_hidden_states(self.base_model, embeds, mask, labels)
+        losses, samples = labelled_token_losses(self.base_model, hidden, labels)
+        b = input_ids.shape[0]
+        sums = torch.zeros(b, dtype=torch.float32, device=losses.device).index_add_(0, samples, losses)
+        counts = torch.zeros(b, dtype=torch.float32, device=losses.device).index_add_(
+            0, samples, torch.ones_like(losses))
+        return sums, counts
 
     @torch.no_grad()
     def generate(self, prefix: torch.Tensor, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,

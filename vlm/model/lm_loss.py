@@ -51,30 +51,63 @@ def final_hidden_states(model: PreTrainedModel, embeds: torch.Tensor, mask: torc
     return decoded
 
 
-def labelled_lm_loss(model: PreTrainedModel, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over the labelled positions. Causal: position t predicts labels[t + 1]; seq2seq:
-    decoder position t predicts labels[t]."""
-    rows, targets = labelled_rows(hidden, labels, shift=not model.config.is_encoder_decoder)
+def labelled_lm_loss(model: PreTrainedModel, hidden: torch.Tensor, labels: torch.Tensor,
+                     sample_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy over the labelled positions (each weighted by its sample's weight, when given: the
+    weighted mean). Causal: position t predicts labels[t + 1]; seq2seq: decoder position t predicts labels[t]."""
+    rows, targets, samples = labelled_rows(hidden, labels, shift=not model.config.is_encoder_decoder)
     head = model.get_output_embeddings()
-    return linear_cross_entropy(rows, head.weight, head.bias, targets)
+    row_weights = None if sample_weights is None else sample_weights.to(torch.float32)[samples]
+    return linear_cross_entropy(rows, head.weight, head.bias, targets, row_weights=row_weights)
 
 
-def labelled_rows(hidden: torch.Tensor, labels: torch.Tensor, shift: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, D) hidden states of the positions that have a label, and their (N,) labels."""
+@torch.no_grad()
+def labelled_token_losses(model: PreTrainedModel, hidden: torch.Tensor, labels: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N,) float32 cross-entropy of each labelled position and (N,) the sample it belongs to, without gradients
+    (per-language validation losses)."""
+    rows, targets, samples = labelled_rows(hidden, labels, shift=not model.config.is_encoder_decoder)
+    head = model.get_output_embeddings()
+    w = head.weight.to(_compute_dtype(rows))
+    losses = [lse - logits[torch.arange(len(target), device=target.device), target]
+              for _, _, logits, lse, target in _chunk_logits(rows, w, head.bias, targets, _chunk_rows(w))]
+    return (torch.cat(losses) if losses else rows.new_zeros(0, dtype=torch.float32)), samples
+
+
+def labelled_rows(hidden: torch.Tensor, labels: torch.Tensor, shift: bool
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(N, D) hidden states of the positions that have a label, their (N,) labels and (N,) sample indices."""
     if shift:
         hidden, labels = hidden[:, :-1], labels[:, 1:]
     keep = labels != IGNORE_INDEX
-    return hidden[keep], labels[keep]
+    return hidden[keep], labels[keep], keep.nonzero()[:, 0]
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                         targets: torch.Tensor, chunk_rows: int | None = None) -> torch.Tensor:
-    """mean_i CE(hidden_i @ weight.T + bias, targets_i) for (N, D) rows, without ever holding (N, V) logits.
-    Logits are computed in the autocast dtype when autocast is on (as an nn.Linear would be), then in float32."""
+                         targets: torch.Tensor, chunk_rows: int | None = None,
+                         row_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """mean_i CE(hidden_i @ weight.T + bias, targets_i) for (N, D) rows, without ever holding (N, V) logits;
+    with (N,) `row_weights` r the weighted mean sum_i r_i CE_i / sum_i r_i. Logits are computed in the autocast
+    dtype when autocast is on (as an nn.Linear would be), then in float32."""
     if chunk_rows is None:
-        chunk_rows = max(1, CHUNK_BYTES // (4 * weight.shape[0]))
+        chunk_rows = _chunk_rows(weight)
     # Inside a Function's forward grad mode is always off: whether a backward pass can follow is decided here.
-    return _LinearCrossEntropy.apply(hidden, weight, bias, targets, chunk_rows, torch.is_grad_enabled())
+    return _LinearCrossEntropy.apply(hidden, weight, bias, targets, row_weights, chunk_rows, torch.is_grad_enabled())
+
+
+def _chunk_rows(weight: torch.Tensor) -> int:
+    return max(1, CHUNK_BYTES // (4 * weight.shape[0]))
+
+
+def _chunk_logits(hidden, w, bias, targets, chunk_rows):
+    """(start, rows in the compute dtype, float32 logits, their log-sum-exp, targets) of each chunk of rows; `w` is
+    in the compute dtype."""
+    for start in range(0, hidden.shape[0], chunk_rows):
+        rows = hidden[start: start + chunk_rows].to(w.dtype)
+        logits = (rows @ w.t()).float()
+        if bias is not None:
+            logits = logits + bias.float()
+        yield start, rows, logits, torch.logsumexp(logits, dim=-1), targets[start: start + chunk_rows]
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -86,32 +119,31 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk_rows, track):
+    def forward(ctx, hidden, weight, bias, targets, row_weights, chunk_rows, track):
         dtype = _compute_dtype(hidden)
         w = weight.to(dtype)
-        n = hidden.shape[0]
+        # The mean's denominator: the row count, or the rows' total weight.
+        denominator = hidden.shape[0] if row_weights is None else row_weights.sum()
         want_hidden, want_weight, want_bias = (track and need for need in ctx.needs_input_grad[:3])
         grads = want_hidden or want_weight or want_bias
         grad_hidden = torch.empty_like(hidden) if want_hidden else None
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_weight else None
         grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if want_bias else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        for start in range(0, n, chunk_rows):
-            rows = hidden[start: start + chunk_rows].to(dtype)
-            logits = (rows @ w.t()).float()
-            if bias is not None:
-                logits = logits + bias.float()
-            target = targets[start: start + chunk_rows]
+        for start, rows, logits, lse, target in _chunk_logits(hidden, w, bias, targets, chunk_rows):
             picked = torch.arange(target.shape[0], device=target.device), target
-            lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits[picked]).sum()
+            losses = lse - logits[picked]
+            r = None if row_weights is None else row_weights[start: start + chunk_rows]
+            total += losses.sum() if r is None else (r * losses).sum()
             if not grads:
                 continue
             # d(mean CE)/d(logits) = (softmax - one_hot) / N, taken now while the chunk's logits exist; the softmax
             # reuses the log-sum-exp, in place of the logits.
             grad_logits = logits.sub_(lse.unsqueeze(1)).exp_()
             grad_logits[picked] -= 1.0
-            grad_logits /= n
+            if r is not None:
+                grad_logits *= r.unsqueeze(1)
+            grad_logits /= denominator
             if want_hidden:
                 grad_hidden[start: start + chunk_rows] = (grad_logits.to(dtype) @ w).to(hidden.dtype)
             if want_weight:
@@ -121,7 +153,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         ctx.save_for_backward(*(g for g in (grad_hidden, grad_weight, grad_bias) if g is not None))
         ctx.present = (want_hidden, want_weight, want_bias)
         ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
-        return total / max(n, 1)
+        if row_weights is None:
+            return total / max(denominator, 1)
+        return total / denominator.clamp(min=torch.finfo(torch.float32).tiny)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -133,4 +167,4 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_weight = (grad_weight * grad_out).to(ctx.dtypes[0])
         if grad_bias is not None:
             grad_bias = (grad_bias * grad_out).to(ctx.dtypes[1])
-        return grad_hidden, grad_weight, grad_bias, None, None, None
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None

@@ -55,8 +55,10 @@ class ContrastiveLoss(LearnableLogitScale):
     [1, max_logit_scale]. With gathered features, each rank's positives sit at offset rank * B.
     """
 
-    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
-        """Both (B, D), L2-normalised. Returns the mean of the image->text and text->image cross-entropies."""
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor,
+                weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Both (B, D), L2-normalised. Returns the mean of the image->text and text->image cross-entropies (with (B,)
+        `weights`, each pair's rows weighted: see `weighted_mean`)."""
         all_images = distributed.gather_with_grad(image_features)
         all_texts = distributed.gather_with_grad(text_features)
         scale = self.scale()
@@ -64,7 +66,21 @@ class ContrastiveLoss(LearnableLogitScale):
         logits_t2i = scale * _upcast(text_features) @ _upcast(all_images).t()
         b = image_features.shape[0]
         targets = torch.arange(b, device=image_features.device) + distributed.rank() * b
-        return 0.5 * (F.cross_entropy(logits_i2t, targets) + F.cross_entropy(logits_t2i, targets))
+        if weights is None:
+            return 0.5 * (F.cross_entropy(logits_i2t, targets) + F.cross_entropy(logits_t2i, targets))
+        rows = F.cross_entropy(logits_i2t, targets, reduction="none") + F.cross_entropy(logits_t2i, targets,
+                                                                                         reduction="none")
+        return 0.5 * weighted_mean(rows, weights)
+
+
+def weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """sum_i w_i v_i / sum_i w_i over this rank's rows, rescaled (`distributed.share_of_global_mean`) so that the
+    ranks' average is the weighted mean over the global batch, as one process computes it."""
+    weights = weights.to(values.dtype)
+    total = weights.sum()
+    mean = (weights * values).sum() / total.clamp(min=torch.finfo(values.dtype).tiny)
+    factor = distributed.share_of_global_mean(total)
+    return mean if factor is None else mean * factor.to(mean.device)
 
 
 @dataclass
@@ -85,12 +101,12 @@ class ItcOutput:
 
 
 def _soft_target_ce(logits: torch.Tensor, positives: torch.Tensor, label_smoothing: float) -> torch.Tensor:
-    """Mean over rows of -sum_j target_j * log_softmax(logits)_j, with target = positives / #positives smoothed as
+    """Per row, -sum_j target_j * log_softmax(logits)_j, with target = positives / #positives smoothed as
     (1 - ls) * target + ls / #columns. With one positive per row this is F.cross_entropy(label_smoothing=ls)."""
     targets = positives.to(logits.dtype)
     targets = targets / targets.sum(dim=1, keepdim=True).clamp(min=1.0)
     targets = (1.0 - label_smoothing) * targets + label_smoothing / logits.shape[1]
-    return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1)
 
 
 class ItcLoss(LearnableLogitScale):
@@ -108,9 +124,10 @@ class ItcLoss(LearnableLogitScale):
         self.label_smoothing = label_smoothing
 
     def forward(self, image_feats: torch.Tensor, text_feats: torch.Tensor,
-                image_ids: torch.Tensor | None = None) -> ItcOutput:
+                image_ids: torch.Tensor | None = None, weights: torch.Tensor | None = None) -> ItcOutput:
         """image_feats (B, Q, D), L2-normalised per query; text_feats (B, D), L2-normalised; image_ids (B,) long,
-        ids that are unique per image across all ranks (e.g. dataset indices), or None for "every pair distinct"."""
+        ids that are unique per image across all ranks (e.g. dataset indices), or None for "every pair distinct";
+        (B,) `weights` weigh each local pair's two rows (`weighted_mean`)."""
         b, q, d = image_feats.shape
         all_images = _upcast(distributed.gather_with_grad(image_feats))  # (B*W, Q, D)
         all_texts = _upcast(distributed.gather_with_grad(text_feats))  # (B*W, D)
@@ -127,8 +144,9 @@ class ItcLoss(LearnableLogitScale):
         positives = image_ids.to(image_ids_all.device)[:, None] == image_ids_all[None, :]  # (B, B*W)
 
         scale = self.scale()
-        loss = 0.5 * (_soft_target_ce(scale * sim_i2t, positives, self.label_smoothing)
-                      + _soft_target_ce(scale * sim_t2i, positives, self.label_smoothing))
+        rows = (_soft_target_ce(scale * sim_i2t, positives, self.label_smoothing)
+                + _soft_target_ce(scale * sim_t2i, positives, self.label_smoothing))
+        loss = 0.5 * (rows.mean() if weights is None else weighted_mean(rows, weights))
         return ItcOutput(loss=loss, sim_i2t=sim_i2t.detach(), sim_t2i=sim_t2i.detach(),
                          image_ids_all=image_ids_all, scale=scale.detach())
 
@@ -193,16 +211,22 @@ def sample_itm_negatives(sim_i2t: torch.Tensor, sim_t2i: torch.Tensor, image_ids
 
 
 def itg_loss(logits: torch.Tensor, target_ids: torch.Tensor, target_mask: torch.Tensor,
-             label_smoothing: float = 0.1) -> torch.Tensor:
+             label_smoothing: float = 0.1, sample_weights: torch.Tensor | None = None) -> torch.Tensor:
     """BLIP-2 ITG: shifted next-token cross-entropy, as `BertLMHeadModel.forward` computes it.
 
     logits (B, L, V) at position t predict target_ids[:, t + 1]; a position is kept when its next token is real
     (target_mask[:, t + 1] == 1), so the last position and every position whose next token is padding are ignored.
-    Mean over the kept tokens, in fp32, with label smoothing. Returns 0 (with a graph) if nothing is kept.
+    Mean over the kept tokens (weighted by their row's (B,) `sample_weights`, when given), in fp32, with label
+    smoothing. Returns 0 (with a graph) if nothing is kept.
     """
     keep = target_mask[:, 1:].bool()  # (B, L-1)
     # Select the kept rows before upcasting: with a 250k vocabulary the fp32 (B, L, V) copy is the big cost.
     kept_logits = _upcast(logits[:, :-1][keep])  # (N, V)
     if kept_logits.shape[0] == 0:
         return logits.sum() * 0.0
-    return F.cross_entropy(kept_logits, target_ids[:, 1:][keep].long(), label_smoothing=label_smoothing)
+    targets = target_ids[:, 1:][keep].long()
+    if sample_weights is None:
+        return F.cross_entropy(kept_logits, targets, label_smoothing=label_smoothing)
+    token_weights = sample_weights.to(kept_logits.dtype)[keep.nonzero()[:, 0]]
+    losses = F.cross_entropy(kept_logits, targets, label_smoothing=label_smoothing, reduction="none")
+    return (token_weights * losses).sum() / token_weights.sum()

@@ -78,21 +78,23 @@ def _is_meta(tensor) -> bool:
 
 
 def _target_rows(hidden: torch.Tensor, labels: torch.Tensor, shift: bool,
-                 target_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+                 target_tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """vlm.model.lm_loss.labelled_rows on the synthetic batch, whose labels are the last `target_tokens` tokens."""
     if shift:
         hidden, labels = hidden[:, -target_tokens - 1: -1], labels[:, -target_tokens:]
-    return hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1)
+    samples = torch.arange(labels.shape[0], device=labels.device).repeat_interleave(labels.shape[1])
+    return hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1), samples
 
 
 def _itg_loss_every_position(logits: torch.Tensor, target_ids: torch.Tensor, target_mask: torch.Tensor,
-                             label_smoothing: float = 0.1) -> torch.Tensor:
+                             label_smoothing: float = 0.1, sample_weights=None) -> torch.Tensor:
     """vlm.objective.losses.itg_loss when every next token is real: the same (N, V) copy, upcast, and loss."""
     kept = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
     return F.cross_entropy(kept, target_ids[:, 1:].reshape(-1).long(), label_smoothing=label_smoothing)
 
 
-def _itm_loss_all_negatives(self: Objective, image_tokens, ids, mask, image_ids, itc) -> torch.Tensor:
+def _itm_loss_all_negatives(self: Objective, image_tokens, ids, mask, image_ids, itc,
+                            example_weights=None) -> torch.Tensor:
     """Objective._itm_loss when every row has a negative (see the module docstring)."""
     bridge, b = self.model.bridge, ids.shape[0]
     image_for_text = torch.randint(0, b, (b,), device=ids.device)

@@ -32,6 +32,7 @@ from vlm.data.stream import (
 )
 from vlm.model.vision_identity import encoder_identity
 from vlm.model.vlm import VisionLLM
+from vlm.objective.language_weights import lagging_weights, language_losses
 from vlm.objective.objective import Objective
 from vlm.train import checkpoint
 from vlm.train.lost_ranks import explain_failure
@@ -166,10 +167,16 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
+        """Mean validation terms (val_<term>), the LM loss per language (val_lm/<lang>, when the LM computes
+        labelled logits) and, with loss.lagging_boost, the language weights this validation sets (lang_weight/<lang>)."""
         self.module.eval()
+        by_language = "lm" in self.objective.weights and self.model.llm.computes_labelled_logits
         sums: dict[str, float] = {}
+        languages = torch.zeros(len(self.objective.languages), 2, dtype=torch.float64)
         for inputs in self.val_batches:
-            out = self.strategy.forward(inputs)
+            out = self.strategy.forward(inputs, by_language=by_language)
+            if by_language:
+                languages += out.pop("lm_by_language").cpu()
             for name, value in out.items():
                 sums[name] = sums.get(name, 0.0) + float(value)
         self.module.train()
@@ -177,7 +184,22 @@ class Trainer:
         totals = distributed.all_reduce_sum(torch.tensor([sums[n] for n in names] + [len(self.val_batches)],
                                                          dtype=torch.float64))
         count = max(float(totals[-1]), 1.0)
-        return {f"val_{n}": float(totals[i]) / count for i, n in enumerate(names)}
+        row = {f"val_{n}": float(totals[i]) / count for i, n in enumerate(names)}
+        if by_language:
+            per_language = language_losses(self.objective.languages, distributed.all_reduce_sum(languages))
+            row.update({f"val_lm/{lang}": loss for lang, loss in per_language.items()})
+            if self.cfg.loss.lagging_boost > 0:
+                self._follow_lagging(per_language)
+                row.update({f"lang_weight/{lang}": w for lang, w in self.objective.language_weights().items()})
+        return row
+
+    def _follow_lagging(self, per_language: dict[str, float]) -> None:
+        """Set the lagging languages' weights from this validation's losses (the same on every rank: the sums
+        were all-reduced)."""
+        loss = self.cfg.loss
+        weights = lagging_weights(per_language, loss.lagging_boost, loss.lagging_max_weight)
+        table = torch.tensor([weights.get(lang, 1.0) for lang in self.objective.languages])
+        self.objective.lagging_weights.copy_(table.to(self.objective.lagging_weights.device))
 
     def run_benchmark(self) -> None:
         """The benchmark callback on the current weights, every rank on its share; rank 0 logs the means."""

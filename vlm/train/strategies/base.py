@@ -53,9 +53,10 @@ class Strategy:
 
     # --- one step -----------------------------------------------------------------------------------
 
-    def forward(self, inputs: ModelInputs) -> dict[str, torch.Tensor]:
+    def forward(self, inputs: ModelInputs, **options) -> dict[str, torch.Tensor]:
+        """The objective's forward through this strategy's wrapper (`options` go to Objective.forward)."""
         with precision.autocast(self.cfg.precision, self.device):
-            return self.module(inputs.to(self.device))
+            return self.module(inputs.to(self.device), **options)
 
     def accumulating(self, last_micro_step: bool) -> contextlib.AbstractContextManager:
         """The context of one micro-step's forward and backward: gradients are synchronised on the last only."""
