@@ -9,6 +9,10 @@ member name at its first dot), long ids are cut and suffixed with a hash (member
 already used gets "_1", "_2", ... in input order, so a rerun on the same inputs gives the same keys (counted
 as converted/duplicate_key in the manifest's stats, beside the sources' skipped/<reason> and converted/<kind>).
 
+Every text gets its language from `languages` (--lang: one code, or auto: each text identified; see
+data_prep.sources.language_tags), recorded in the manifest's language_assignment. With a tokenizer the
+manifest also gets its fertility table over the captions written (not translations of each other).
+
 All inputs are validated before anything is written. Shards are written into a temp folder inside `out_dir`
 and moved in when all are done, replacing that split's older shards; other splits' shards and their manifest
 entries are kept, so train and val can be built into one folder by two runs.
@@ -28,9 +32,10 @@ from pathlib import Path
 import webdataset as wds
 from tqdm import tqdm
 
-from data_prep.manifest import MANIFEST, SplitCounter, write_manifest
+from data_prep.manifest import MANIFEST, CaptionSample, SplitCounter, TokenizerProbe, write_manifest
 from data_prep.shards import publish_shards, tar_mtime
 from data_prep.sources import Source, coco, img2dataset, jsonl, llava
+from data_prep.sources.language_tags import SKIP_REASON, LanguageAssignment, LanguageTagger
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +43,8 @@ FORMATS = ("img2dataset", "coco", "llava", "jsonl")
 KEY_MAX = 80  # characters; with its extension a member name stays under 100, past which tar adds a PAX header
 _UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 _SPLIT_NAME = re.compile(r"[A-Za-z0-9_-]+")
-_MANIFEST_KEYS = ("counts", "source", "stats", "seconds", "languages", "n_train", "n_val")  # not split names
+_MANIFEST_KEYS = ("counts", "source", "stats", "seconds", "languages", "n_train", "n_val", "language_assignment",
+                  "fertility")  # not split names
 
 
 class KeyMaker:
@@ -92,7 +98,8 @@ class EvenShardWriter:
 
 
 def build_shards(fmt: str, inputs: list[str], out_dir: str | Path, images: str = "", split: str = "train",
-                 shard_size: int = 1000, karpathy_split: str = "", progress: bool = True) -> dict:
+                 shard_size: int = 1000, karpathy_split: str = "", progress: bool = True,
+                 languages: LanguageAssignment = LanguageAssignment(), tokenizer: TokenizerProbe | None = None) -> dict:
     """Convert `inputs` of format `fmt` into out_dir/{split}-*.tar + manifest.json; return the manifest.
 
     Bad inputs or arguments raise FileNotFoundError/ValueError before anything is written; bad samples are
@@ -106,12 +113,19 @@ def build_shards(fmt: str, inputs: list[str], out_dir: str | Path, images: str =
     out_dir.mkdir(parents=True, exist_ok=True)
     counter = SplitCounter()
     keys = KeyMaker()
+    tagger, captions = LanguageTagger(languages), CaptionSample()
     with tempfile.TemporaryDirectory(prefix=f".{split}-", dir=out_dir) as tmp:
         with closing(EvenShardWriter(Path(tmp), split, shard_size)) as writer:
             bar = tqdm(source.samples, desc=f"{fmt} -> {split}", unit=" samples", disable=None if progress else True)
             for sample in bar:
-                shard = writer.write(keys.make(sample.id), sample.ext, sample.image, sample.record)
-                counter.add(shard, sample.record)
+                record = tagger.tag(sample.record)
+                if record is None:
+                    source.stats[f"skipped/{SKIP_REASON}"] += 1
+                    continue
+                shard = writer.write(keys.make(sample.id), sample.ext, sample.image, record)
+                counter.add(shard, record)
+                if tokenizer is not None:
+                    captions.add(record)
         if keys.renamed:
             source.stats["converted/duplicate_key"] = keys.renamed
         stats = dict(sorted(source.stats.items()))
@@ -122,8 +136,9 @@ def build_shards(fmt: str, inputs: list[str], out_dir: str | Path, images: str =
         publish_shards(Path(tmp), out_dir, split)
     _log_skips(fmt, counter.to_dict()["samples"], stats)
     source_info = {"format": fmt, "inputs": [str(name) for name in inputs], "images": images or None, **source.info}
+    extra = {"fertility": tokenizer.table(captions, parallel=False)} if tokenizer is not None else {}
     return write_manifest(out_dir, {**kept, split: counter}, source=source_info, stats=stats,
-                          seconds=round(time.perf_counter() - start, 2))
+                          language_assignment=tagger.summary(), **extra, seconds=round(time.perf_counter() - start, 2))
 
 
 def _check_arguments(fmt: str, inputs: list[str], out_dir: Path, split: str, shard_size: int,

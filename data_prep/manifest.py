@@ -5,7 +5,8 @@
       "val": [...],
       "counts": {"train": {"samples": 1200, "shards": {"train-000000.tar": 1000, ...},
                            "languages": {"en": 1200, "de": 1187, ...}}},
-      ...                                      # the writer's own keys (source, stats, seconds)
+      "fertility": {"tokenizer": ..., ...},    # with --tokenizer: data_prep.fertility.measure of the captions
+      ...                                      # the writer's own keys (source, stats, seconds, ...)
     }
 
 `languages` counts the samples that hold at least one caption or QA item in each language: the
@@ -19,9 +20,12 @@ import json
 import os
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import webdataset as wds
+
+from data_prep.fertility import MAX_TEXTS, TokenCounter, measure
 
 MANIFEST = "manifest.json"
 IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp")  # the image extensions a shard sample may have
@@ -58,6 +62,35 @@ class SplitCounter:
             "shards": dict(sorted(self.shards.items())),
             "languages": dict(sorted(self.languages.items())),
         }
+
+
+@dataclass(frozen=True)
+class TokenizerProbe:
+    """The tokenizer `--tokenizer` names, for the manifest's fertility table."""
+
+    name: str
+    count: TokenCounter
+
+    def table(self, captions: CaptionSample, parallel: bool) -> dict:
+        return {"tokenizer": self.name, **measure(self.count, captions.texts, parallel)}
+
+
+class CaptionSample:
+    """The first `limit` captions of each language of the records added: what a fertility table measures."""
+
+    def __init__(self, limit: int = MAX_TEXTS) -> None:
+        self.limit = limit
+        self.texts: dict[str, list[str]] = {}
+
+    def add(self, record: dict, languages: Iterable[str] | None = None) -> None:
+        """Take the record's captions (of `languages` only, when given) while their language has room."""
+        for lang, captions in record.get("captions", {}).items():
+            if languages is None or lang in languages:
+                bucket = self.texts.setdefault(lang, [])
+                bucket += captions[:self.limit - len(bucket)]
+
+    def full(self, languages: Iterable[str]) -> bool:
+        return all(len(self.texts.get(lang, ())) >= self.limit for lang in languages)
 
 
 def write_manifest(out_dir: str | Path, splits: dict[str, SplitCounter | dict], **extra) -> dict:

@@ -1,5 +1,10 @@
 """`vlm prep translate`: add translations of the English captions and QA of webdataset shards.
 
+A record gets translations only into the target languages it lacks (data_prep.records): its native captions
+and QA are kept, unless `retranslate`. A record without English text is written through as it is (counted as
+untranslated/no_english). The manifest's filters.per_language counts, per target language, the items that
+were native and those translated, kept or dropped by reason.
+
 The unit of work is one input shard, written to out_dir under the same name with the translations added to
 each sample's json (images and other members pass through untouched). Under torchrun rank r takes shards
 r, r + world_size, ...; rank 0 writes manifest.json once every rank is done.
@@ -31,25 +36,29 @@ from data_prep.filters import FilterConfig
 from data_prep.manifest import (
     IMAGE_MEMBERS,
     MANIFEST,
+    CaptionSample,
     SplitCounter,
+    TokenizerProbe,
     expand_pattern,
     read_manifest,
     write_json,
     write_manifest,
 )
 from data_prep.records import (
+    NATIVE,
     SOURCE,
     Verdicts,
     apply_verdicts,
     judge,
-    source_texts,
     summary_table,
+    wanted_texts,
 )
 from data_prep.translate import Translator
 
 log = logging.getLogger(__name__)
 STATE = ".translate"
 CACHE_SIZE = 1 << 20  # translations remembered across shards, per target language
+SAMPLE_STATS = ("skipped/", "untranslated/")  # per-sample stats keys; the others are "<lang>/<reason>" per item
 
 
 @dataclass(frozen=True)
@@ -117,8 +126,9 @@ class Journal:
 
 
 def _samples(url: str, skipped: Counter) -> Iterator[tuple[dict, dict]]:
-    """(raw sample, English record) for each usable sample of a shard; unusable ones are counted by reason.
-    The record comes from the json (captions.en, or img2dataset's "caption") or an img2dataset .txt."""
+    """(raw sample, record) for each usable sample of a shard; unusable ones are counted by reason, and those
+    without English text (nothing to translate) as untranslated/no_english. The English captions come from
+    the json (captions.en, or img2dataset's "caption") or an img2dataset .txt."""
 
     def on_error(exc: Exception) -> bool:
         skipped["skipped/tar_error"] += 1
@@ -142,10 +152,9 @@ def _samples(url: str, skipped: Counter) -> Iterator[tuple[dict, dict]]:
         english = [c.strip() for c in english if isinstance(c, str) and c.strip()]
         qa = [q for q in meta.get("qa", []) if isinstance(q, dict) and q.get("question") and q.get("answers")]
         if not english and not any(q.get("lang") == SOURCE for q in qa):
-            skipped["skipped/no_english"] += 1
-            continue
-        record = {**{k: v for k, v in meta.items() if k != "caption"}, "captions": {**captions, SOURCE: english}}
-        yield raw, {**record, "qa": qa}
+            skipped["untranslated/no_english"] += 1
+        record = {k: v for k, v in meta.items() if k != "caption"}
+        yield raw, {**record, "captions": {**captions, SOURCE: english} if english else captions, "qa": qa}
 
 
 # --- one shard -----------------------------------------------------------------------------------
@@ -156,7 +165,7 @@ class ShardResult:
     split: str
     name: str
     counts: dict  # SplitCounter.to_dict() of this shard
-    stats: dict  # "<lang>/<reason>" per caption/QA item, "skipped/<reason>" per sample
+    stats: dict  # "<lang>/<reason>" per caption/QA item, "skipped/<reason>" and "untranslated/<reason>" per sample
     texts: int  # texts sent to the translator by this run (0 when the journals had them all)
     translate_seconds: float
 
@@ -165,9 +174,10 @@ class ShardTranslator:
     """Translates shards one at a time for one rank, with journals, filters and a progress bar."""
 
     def __init__(self, out_dir: Path, targets: list[str], translator: Translator, filters: FilterConfig,
-                 chunk_size: int, progress: tqdm) -> None:
+                 chunk_size: int, progress: tqdm, retranslate: bool = False) -> None:
         self.out_dir, self.targets, self.translator = out_dir, targets, translator
         self.filters, self.chunk_size, self.progress = filters, chunk_size, progress
+        self.retranslate = retranslate
         # Texts that recur across shards (VQA answers, frequent questions) are translated once per run.
         self.cache: dict[str, dict[str, str | None]] = {tgt: {} for tgt in targets}
 
@@ -180,24 +190,29 @@ class ShardTranslator:
     def run(self, job: ShardJob) -> ShardResult:
         work = self.out_dir / STATE / "work" / job.stem
         skipped: Counter = Counter()
-        texts = list(dict.fromkeys(t for _, record in _samples(job.url, skipped) for t in source_texts(record)))
-        start, sent = time.perf_counter(), 0
+        wanted: dict[str, dict[str, None]] = {tgt: {} for tgt in self.targets}  # ordered sets of English texts
+        for _, record in _samples(job.url, skipped):
+            for tgt in self.targets:
+                wanted[tgt].update(dict.fromkeys(wanted_texts(record, tgt, self.retranslate)))
+        texts = {tgt: list(todo) for tgt, todo in wanted.items()}
+        start = time.perf_counter()
         verdicts: Verdicts = {}
         journals = {tgt: Journal(work / f"{tgt}.jsonl") for tgt in self.targets}
-        sent += self._translate(texts, journals, SOURCE)
+        sent = self._translate(texts, journals, SOURCE)
         for tgt in self.targets:
             back = self._back_translator(work, tgt)
-            outputs = [journals[tgt].done[t] for t in texts]
-            verdicts[tgt] = judge(texts, outputs, tgt, self.filters, back)
+            outputs = [journals[tgt].done[t] for t in texts[tgt]]
+            verdicts[tgt] = judge(texts[tgt], outputs, tgt, self.filters, back)
         seconds = time.perf_counter() - start
         counter, stats = SplitCounter(), Counter()
         tmp = work / job.name
+        tmp.parent.mkdir(parents=True, exist_ok=True)  # no journal made it when the shard has nothing to translate
         rejected = []
         with wds.TarWriter(str(tmp), mtime=int(time.time())) as writer:
             for raw, record in _samples(job.url, Counter()):  # skips were counted in the first pass
-                new, events = apply_verdicts(record, verdicts)
+                new, events = apply_verdicts(record, verdicts, self.retranslate)
                 stats.update(event.stats_key() for event in events)
-                rejected += [{"key": raw["__key__"], **asdict(e)} for e in events if e.reason != "kept"]
+                rejected += [{"key": raw["__key__"], **asdict(e)} for e in events if e.dropped]
                 members = {k: v for k, v in raw.items() if not k.startswith("__") or k == "__key__"}
                 writer.write({**members, "json": json.dumps(new, ensure_ascii=False).encode("utf-8")})
                 counter.add(job.name, new)
@@ -209,12 +224,13 @@ class ShardTranslator:
         shutil.rmtree(work, ignore_errors=True)
         return result
 
-    def _translate(self, texts: list[str], journals: dict[str, Journal], src: str) -> int:
-        """Translate what the journals and the cache lack, chunk by chunk, longest first (least padding)."""
+    def _translate(self, texts: dict[str, list[str]], journals: dict[str, Journal], src: str) -> int:
+        """Translate the texts of each target language that its journal and the cache lack, chunk by chunk,
+        longest first (least padding)."""
         pending = {}
         for tgt, journal in journals.items():
             self._remember(tgt, list(journal.done), list(journal.done.values()))
-            missing = [t for t in texts if t not in journal.done]
+            missing = [t for t in texts[tgt] if t not in journal.done]
             known = [t for t in missing if t in self.cache[tgt]]
             if known:
                 journal.add(known, [self.cache[tgt][t] for t in known])
@@ -282,9 +298,10 @@ def _fsync(path: Path) -> None:
 # --- the whole job -------------------------------------------------------------------------------
 
 
-def job_settings(settings: dict, targets: list[str], filters: FilterConfig) -> dict:
+def job_settings(settings: dict, targets: list[str], filters: FilterConfig, retranslate: bool = False) -> dict:
     """What a resumed job must share with the run that started it, or its shards would mix two."""
-    return {**settings, "languages": [t for t in targets if t != SOURCE], "filters": asdict(filters)}
+    return {**settings, "languages": [t for t in targets if t != SOURCE], "filters": asdict(filters),
+            "retranslate": retranslate}
 
 
 def check_settings(out_dir: Path, settings: dict) -> None:
@@ -312,11 +329,15 @@ def translate_dataset(
     settings: dict | None = None,
     extra: dict | None = None,
     progress: bool = True,
+    retranslate: bool = False,
+    tokenizer: TokenizerProbe | None = None,
 ) -> dict | None:
     """Translate `inputs` (see `plan_jobs`) into `langs` and write out_dir; return the manifest on rank 0.
 
     `settings` (backend, model, ...) are recorded with the job; a resume with other ones is refused.
-    `extra` keys are added to the manifest.
+    `retranslate` replaces native captions and QA of the target languages by translations (by default they
+    are kept and nothing is translated into their language). `extra` keys are added to the manifest, and with
+    `tokenizer` its fertility table over the English and target-language captions written.
     `barrier` waits for every rank (torch.distributed.barrier under torchrun).
     """
     filters = filters or FilterConfig()
@@ -328,7 +349,7 @@ def translate_dataset(
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / MANIFEST).unlink(missing_ok=True)
-        full = job_settings(settings or {}, targets, filters)
+        full = job_settings(settings or {}, targets, filters, retranslate)
         check_settings(out_dir, full)
         write_json(out_dir / STATE / "settings.json", full)
     barrier()
@@ -339,7 +360,7 @@ def translate_dataset(
     start = time.perf_counter()
     texts, seconds = 0, 0.0
     with tqdm(total=0, unit="text", desc="translate", disable=None if progress and rank == 0 else True) as bar:
-        worker = ShardTranslator(out_dir, targets, translator, filters, chunk_size, bar)
+        worker = ShardTranslator(out_dir, targets, translator, filters, chunk_size, bar, retranslate)
         for job in mine:
             result = worker.run(job)
             texts, seconds = texts + result.texts, seconds + result.translate_seconds
@@ -350,7 +371,23 @@ def translate_dataset(
     if rank != 0:
         return None
     shutil.rmtree(out_dir / STATE / "work", ignore_errors=True)  # only finished shards' (empty) folders remain
-    return _finish(out_dir, jobs, world_size, settings or {}, targets, filters, extra or {})
+    settings = {**(settings or {}), "retranslate": retranslate}
+    if tokenizer is not None:
+        extra = {**(extra or {}), "fertility": tokenizer.table(_caption_sample(out_dir, jobs, targets), parallel=True)}
+    return _finish(out_dir, jobs, world_size, settings, targets, filters, extra or {})
+
+
+def _caption_sample(out_dir: Path, jobs: list[ShardJob], targets: list[str]) -> CaptionSample:
+    """The first captions of English and each target language in the output shards, read until each language
+    has enough (the translations of a record's English captions are what a parallel fertility table compares)."""
+    languages = [SOURCE, *targets]
+    captions = CaptionSample()
+    for job in jobs:
+        for _, record in _samples(str(out_dir / job.name), Counter()):
+            captions.add(record, languages)
+        if captions.full(languages):
+            break
+    return captions
 
 
 def _finish(out_dir: Path, jobs: list[ShardJob], world_size: int, settings: dict, targets: list[str],
@@ -364,8 +401,7 @@ def _finish(out_dir: Path, jobs: list[ShardJob], world_size: int, settings: dict
     ranks = [json.loads((out_dir / STATE / f"rank-{r}.json").read_text()) for r in range(world_size)]
     # Throughput of this run: every rank translates at once, so rates add up.
     rate = sum(r["texts"] / r["seconds"] for r in ranks if r["seconds"] > 0)
-    skips = {k: v for k, v in stats.items() if k.startswith("skipped/")}
-    table = summary_table(Counter({k: v for k, v in stats.items() if k not in skips}))
+    table = summary_table(Counter({k: v for k, v in stats.items() if not k.startswith(SAMPLE_STATS)}))
     return write_manifest(
         out_dir, splits,
         languages=[SOURCE, *targets],
@@ -378,13 +414,14 @@ def _finish(out_dir: Path, jobs: list[ShardJob], world_size: int, settings: dict
 
 
 def format_table(rows: list[dict]) -> str:
-    """The per-language filter summary as a Markdown table (kept and dropped items by reason)."""
-    reasons = sorted({k for row in rows for k in row} - {"lang", "total", "kept"})
-    head = ["lang", "total", "kept", "kept %", *reasons]
+    """The per-language summary as a Markdown table: native items kept as they were, then translated items
+    (total), kept and dropped by reason."""
+    reasons = sorted({k for row in rows for k in row} - {"lang", NATIVE, "total", "kept"})
+    head = ["lang", NATIVE, "total", "kept", "kept %", *reasons]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         kept = row.get("kept", 0)
-        cells = [row["lang"], row["total"], kept, f"{100 * kept / max(row['total'], 1):.1f}",
+        cells = [row["lang"], row.get(NATIVE, 0), row["total"], kept, f"{100 * kept / max(row['total'], 1):.1f}",
                  *(row.get(r, 0) for r in reasons)]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines)

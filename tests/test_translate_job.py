@@ -89,7 +89,8 @@ def test_translate_dataset_adds_languages_and_reports_filters(english, tmp_path)
     assert manifest["train"] == [f"train-00000{i}.tar" for i in range(N_SHARDS)]
     assert translator.texts == {"de": _distinct_texts(_shards(english)), "zh": _distinct_texts(_shards(english))}
     before, after = _read(english), _read(tmp_path)
-    assert set(after) == set(before) - {"noimage", "badjson", "french"}
+    assert set(after) == set(before) - {"noimage", "badjson"}
+    assert json.loads(after["french"]["json"])["captions"] == {"fr": ["une étoile"]}  # no English: passed through
     for key, sample in after.items():
         record = json.loads(sample["json"])
         assert sample.get("png") == before[key].get("png")  # images pass through byte for byte
@@ -102,13 +103,14 @@ def test_translate_dataset_adds_languages_and_reports_filters(english, tmp_path)
     assert json.loads(after["txt"]["json"])["captions"]["zh"] == ["上边有一个大的红色星形"]
     dog = json.loads(after["dog"]["json"])
     assert dog["captions"] == {"en": ["a photo of a dog"]} and dog["url"] == "http://x/1"  # metadata is kept
-    n = len(after)
-    assert manifest["counts"]["train"]["samples"] == n
-    assert manifest["counts"]["train"]["languages"] == {"en": n, "de": n - 1, "zh": n - 1}
+    n = len(after) - 1  # with English
+    assert manifest["counts"]["train"]["samples"] == n + 1
+    assert manifest["counts"]["train"]["languages"] == {"en": n, "de": n - 1, "zh": n - 1, "fr": 1}
     assert manifest["stats"]["skipped/no_image"] == manifest["stats"]["skipped/bad_json"] == 1
-    assert manifest["stats"]["skipped/no_english"] == 1
+    assert manifest["stats"]["untranslated/no_english"] == 1
     rows = {row["lang"]: row for row in manifest["filters"]["per_language"]}
     assert rows["de"]["untranslatable"] == 1 and rows["de"]["kept"] == rows["de"]["total"] - 1
+    assert rows["de"]["native"] == rows["zh"]["native"] == 0 and set(rows) == {"de", "zh"}
     rejected = [json.loads(line) for p in sorted((tmp_path / "rejected").glob("*.jsonl"))
                 for line in p.read_text().splitlines()]
     assert sorted((r["key"], r["lang"], r["reason"]) for r in rejected) == [("dog", "de", "untranslatable"),

@@ -13,9 +13,12 @@ with a text that cannot be written as UTF-8 (a lone surrogate from a "\\ud800" e
 
 Every record has the same shape, whatever the format:
 
-    {"captions": {"en": ["...", ...]},                       # {} when the source has none (LLaVA)
-     "qa": [{"lang": "en", "question": "...", "answers": ["..."]}, ...],
+    {"captions": {"und": ["...", ...]},                      # {} when the source has none (LLaVA)
+     "qa": [{"lang": "und", "question": "...", "answers": ["..."]}, ...],
      "source": {"format": "...", ...}}                        # provenance: file, id, url, line, ...
+
+A text whose language the source does not state is under UNDETERMINED ("und"); data_prep.sources.language_tags
+gives it one (`vlm prep shards --lang`) before it is written.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ _EXTENSION_OF_FORMAT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}  # what the
 _PROBED_IMAGES = 20  # an images folder is called wrong when none of the first this many images is in it
 
 T = TypeVar("T")
+UNDETERMINED = "und"  # ISO 639-2 for "undetermined": the language of the text is --lang's to decide
 
 
 @dataclass

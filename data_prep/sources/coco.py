@@ -16,6 +16,7 @@ Which of the two a file is, is read from its top-level keys:
 `images` defaults to the json file's folder. Skipped: no_caption, missing_image, bad_image, unsupported_image,
 bad_entry (an image entry without id/file name); unknown_image_id counts captions whose image_id is not in
 "images" (captions, not samples).
+Captions are under captions.und: their language is --lang's (a caption list may mix languages with --lang auto).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from data_prep.sources import (
+    UNDETERMINED,
     Sample,
     Skip,
     Source,
@@ -141,4 +143,4 @@ def _sample(entry: _Entry) -> Sample:
         raise Skip("no_caption")
     data = read_image_file(entry.image)
     source_id = str(entry.source.get("image_id", Path(entry.source["file_name"]).stem))
-    return Sample(source_id, data, {"captions": {"en": captions}, "qa": [], "source": entry.source})
+    return Sample(source_id, data, {"captions": {UNDETERMINED: captions}, "qa": [], "source": entry.source})

@@ -4,8 +4,9 @@ A sample is `<key>.jpg|png|webp` + optional `<key>.txt` (caption) + optional `<k
 status, width, height, original_width, original_height, exif, sha256, extra columns). Shards are ragged
 (failed downloads are absent) and their numbering may have gaps, so folders are globbed, never brace-expanded.
 
-Record: captions.en = [the .txt caption, else the json "caption"], qa = [], source = {"format": "img2dataset",
-"shard", "key", url, sha256, width, height, ... (the json's fields but caption, exif, status, error_message)}.
+Record: captions.und (language: --lang's) = [the .txt caption, else the json "caption"], qa = [], source =
+{"format": "img2dataset", "shard", "key", url, sha256, width, height, ... (the json's fields but caption, exif,
+status, error_message)}.
 
 Skipped: missing_image (no image member), bad_json, bad_text (a .txt that is not UTF-8), no_caption (no .txt,
 empty .txt and json caption null or empty), the image checks of data_prep.sources, duplicate_key (a key read
@@ -25,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from data_prep.manifest import IMAGE_MEMBERS
-from data_prep.sources import Sample, Skip, Source, texts, usable
+from data_prep.sources import UNDETERMINED, Sample, Skip, Source, texts, usable
 from data_prep.tar_samples import shard_samples
 
 log = logging.getLogger(__name__)
@@ -119,4 +120,4 @@ def _sample(item: tuple[Path, dict]) -> Sample:
         raise Skip("no_caption")
     provenance = {name: value for name, value in meta.items() if name not in _NOT_PROVENANCE}
     source = {"format": "img2dataset", "shard": str(shard), "key": raw["__key__"], **provenance}
-    return Sample(raw["__key__"], raw[member], {"captions": {"en": caption}, "qa": [], "source": source})
+    return Sample(raw["__key__"], raw[member], {"captions": {UNDETERMINED: caption}, "qa": [], "source": source})

@@ -1,12 +1,13 @@
 """JSON lines: one object per line, our own minimal schema for users with their own data.
 
     {"image": "path relative to --images, else to the .jsonl file's folder (or absolute)",
-     "captions": {"en": ["...", ...], "de": "..."}   or   "caption": "..." (English),
-     "qa": [{"question": "...", "answers": ["..."] or "...", "lang": "en" (default)}],
+     "captions": {"en": ["...", ...], "de": "..."}   or   "caption": "..." (language: --lang's),
+     "qa": [{"question": "...", "answers": ["..."] or "...", "lang": "en" (default: --lang's)}],
      "id": "optional; else the key comes from the image path", ...any other fields}
 
-Captions in any language are kept as given (codes checked against data_prep.languages). Record: captions,
-qa (with "lang"), source = {"format": "jsonl", "file", "line", "image", ...the line's other fields}.
+Captions in any language are kept as given (codes checked against data_prep.languages; "und" leaves them to
+--lang like "caption"). Record: captions, qa (with "lang"), source = {"format": "jsonl", "file", "line",
+"image", ...the line's other fields}.
 
 Skipped (the line number is in the debug log): bad_json (not JSON or not an object), no_image (no "image"
 string), bad_record (captions/qa of the wrong shape), unknown_language, no_text (neither a caption nor a qa
@@ -21,8 +22,9 @@ from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
 
-from data_prep.languages import validate_languages
+from data_prep.languages import get_language
 from data_prep.sources import (
+    UNDETERMINED,
     Sample,
     Skip,
     Source,
@@ -86,8 +88,7 @@ def _captions(obj: dict) -> dict[str, list[str]]:
         raise Skip("bad_record", "captions is not an object")
     captions = {lang: texts(value) for lang, value in given.items()}
     if obj.get("caption") is not None:
-        english = captions.setdefault("en", [])
-        english += [text for text in texts(obj["caption"]) if text not in english]
+        captions.setdefault(UNDETERMINED, []).extend(texts(obj["caption"]))
     return {lang: caps for lang, caps in captions.items() if caps}
 
 
@@ -102,7 +103,7 @@ def _qa(obj: dict) -> list[dict]:
         question, answers = item["question"].strip(), texts(item.get("answers"))
         if not question or not answers:
             raise Skip("bad_record", "qa item with an empty question or no answer")
-        lang = item.get("lang") or "en"
+        lang = item.get("lang") or UNDETERMINED
         if not isinstance(lang, str):
             raise Skip("bad_record", f"qa item lang {lang!r:.40}")
         items.append({"lang": lang, "question": question, "answers": answers})
@@ -124,7 +125,8 @@ def _sample(item: tuple[Path, Path, int, bytes]) -> Sample:
     if not captions and not qa:
         raise Skip("no_text")
     try:
-        validate_languages([*captions, *(entry["lang"] for entry in qa)])
+        for lang in {*captions, *(entry["lang"] for entry in qa)} - {UNDETERMINED}:
+            get_language(lang)
     except ValueError as err:
         raise Skip("unknown_language", str(err)) from None
     data = read_image_file(root / image)

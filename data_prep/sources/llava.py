@@ -5,7 +5,7 @@ The file is a list of {"id", "image" (path relative to the images folder), "conv
 become one qa item: question = the human turn without the `<image>` placeholder (and the whitespace around it),
 answers = [the gpt turn]. Entries sharing an image are fine: each gets its own key from its id.
 
-Record: captions = {} (LLaVA has none), qa = [{"lang": "en", "question", "answers": [answer]}, ...],
+Record: captions = {} (LLaVA has none), qa = [{"lang": "und" (--lang's), "question", "answers": [answer]}, ...],
 source = {"format": "llava", "id", "image"}. `images` defaults to the json file's folder.
 
 Skipped: bad_entry (not an object), text_only (no "image"), multi_image (a list of images), bad_conversation
@@ -21,6 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 from data_prep.sources import (
+    UNDETERMINED,
     Sample,
     Skip,
     Source,
@@ -75,7 +76,7 @@ def qa_items(conversations: object) -> list[dict]:
         answer = pair[1]["value"].strip()
         if not question or not answer:
             raise Skip("bad_conversation", f"turns {index}-{index + 1}: empty question or answer")
-        items.append({"lang": "en", "question": question, "answers": [answer]})
+        items.append({"lang": UNDETERMINED, "question": question, "answers": [answer]})
     return items
 
 

@@ -37,6 +37,11 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     shards.add_argument("--karpathy-split", default="",
                         help="coco Karpathy file: keep this split (train adds restval)")
     shards.add_argument("--shard-size", type=int, default=1000)
+    shards.add_argument("--lang", default="en", help="the language of texts whose source does not name it: a code "
+                        "such as de, or auto to identify each caption and QA item (fastText lid.176 + script; "
+                        "undecided ones are dropped and counted) (default: en)")
+    shards.add_argument("--tokenizer", help="a tokenizer (local folder or hub id) whose fertility per language goes "
+                        "into the manifest, with a warning for any language costing over 3x English")
     tr = prep_sub.add_parser("translate", help="translate the English captions and QA of shards into more languages")
     tr.add_argument("inputs", nargs="+", help="a `vlm prep` folder (every split) or shard files, globs, brace "
                     "patterns; then optional overrides such as prep.filters.max_repeats=3")
@@ -47,6 +52,10 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     tr.add_argument("--config", help="a YAML config whose prep section sets the backend and filter thresholds")
     tr.add_argument("--split", default="train", help="the split name of loose shard files (a folder keeps its own)")
     tr.add_argument("--batch-size", type=int, help="sentences per generate call")
+    tr.add_argument("--retranslate", action="store_true", help="replace captions and QA already in a target "
+                    "language by translations (default: keep them and translate only what a language lacks)")
+    tr.add_argument("--tokenizer", help="a tokenizer (local folder or hub id) whose fertility on the translated "
+                    "captions goes into the manifest, with a warning for any language costing over 3x English")
     tr.set_defaults(overrides=[])  # filled by main() with `section.key=value` items given after the options
     ct2 = prep_sub.add_parser("ct2", help="convert an NLLB or M2M100 model for --backend ctranslate2")
     ct2.add_argument("model", help="a hub id or local folder of the transformers model")

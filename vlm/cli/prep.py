@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
-from vlm.config import ConfigError, check_paths, load_config
+from vlm.config import ConfigError, check_paths, fetch_error, first_line, load_config
 
 _OVERRIDE = re.compile(r"[a-z_]+(\.[a-z_]+)+=.*", re.DOTALL)
 
@@ -40,15 +41,53 @@ def run(args) -> int:
     return 0
 
 
+def _tokenizer_probe(name: str | None):
+    """--tokenizer, loaded before any data is read (a name that cannot load fails in one line), or None."""
+    if not name:
+        return None
+    from transformers import AutoTokenizer
+
+    from data_prep.fertility import counter
+    from data_prep.manifest import TokenizerProbe
+
+    path = Path(name).expanduser()
+    if (path.is_absolute() or name.startswith(".")) and not path.exists():  # a path, not a hub id
+        raise ConfigError(f"'--tokenizer': path not found: {name}")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except OSError as err:
+        raise fetch_error("--tokenizer", name, err) from None
+    except ValueError as err:  # a folder without tokenizer files
+        raise ConfigError(f"'--tokenizer' ({name}): no tokenizer transformers can load ({first_line(err)})") from None
+    return TokenizerProbe(name, counter(tokenizer))
+
+
+def _warn_fertility(manifest: dict) -> None:
+    from data_prep.fertility import warnings
+
+    if "fertility" in manifest:
+        for line in warnings(manifest["fertility"], f"--tokenizer {manifest['fertility']['tokenizer']}"):
+            print(f"warning: {line}", file=sys.stderr)
+
+
 def _prep_shards(args) -> int:
     from data_prep.build_shards import build_shards
+    from data_prep.sources.language_tags import LanguageAssignment
 
     try:
+        languages = LanguageAssignment(args.lang)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    tokenizer = _tokenizer_probe(args.tokenizer)
+    try:
         manifest = build_shards(args.format, args.inputs, Path(args.out), images=args.images, split=args.split,
-                                shard_size=args.shard_size, karpathy_split=args.karpathy_split)
+                                shard_size=args.shard_size, karpathy_split=args.karpathy_split, languages=languages,
+                                tokenizer=tokenizer)
     except ValueError as err:  # bad input files and arguments are found before any shard is written
         raise ConfigError(str(err)) from None
-    print(json.dumps({"counts": manifest["counts"], "stats": manifest.get("stats", {})}, indent=1))
+    print(json.dumps({key: manifest[key] for key in ("counts", "stats", "language_assignment")}, indent=1,
+                     ensure_ascii=False))
+    _warn_fertility(manifest)
     return 0
 
 
@@ -72,9 +111,10 @@ def _prep_translate(args) -> int:
     try:  # bad inputs and a resume with other settings fail here, before a model loads
         languages = validate_languages(cfg.translate.languages)
         plan_jobs(inputs, args.split)
-        check_settings(Path(args.out), job_settings(settings, languages, cfg.filters))
+        check_settings(Path(args.out), job_settings(settings, languages, cfg.filters, args.retranslate))
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    tokenizer = _tokenizer_probe(args.tokenizer)
     distributed.init_distributed()
     try:
         translator = make_translator(cfg.translate, [lang for lang in languages if lang != "en"])
@@ -83,13 +123,14 @@ def _prep_translate(args) -> int:
     manifest = translate_dataset(inputs, Path(args.out), languages, translator, cfg.filters, split=args.split,
                                  chunk_size=cfg.translate.chunk_size, rank=distributed.rank(),
                                  world_size=distributed.world_size(), barrier=distributed.barrier,
-                                 settings=settings)
+                                 settings=settings, retranslate=args.retranslate, tokenizer=tokenizer)
     distributed.shutdown()
     if manifest is not None:
         translation = manifest["translation"]
         print(format_table(manifest["filters"]["per_language"]))
         print(f"{translation['texts_this_run']} texts translated at {translation['texts_per_second']} texts/s "
               f"over {translation['world_size']} rank(s); rejected translations: {Path(args.out) / 'rejected'}")
+        _warn_fertility(manifest)
     return 0
 
 
