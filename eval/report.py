@@ -8,8 +8,10 @@ Expected `results` (every section of a language is optional; percentages, CIDEr 
         "captioning": {"cider", "bleu", "fidelity", "majority_cider",
                        "samples": [{"image", "reference", "hypothesis"}]},
         "vqa": {"overall", "majority_overall", "n", "by_type": {type: {"accuracy", "majority", "n"}}},
-        "experts": [mean routing weight per expert]}},   # MoE bridges only
+        "experts": [mean routing weight per expert],   # MoE bridges only
+        "alignment": {"llm_en_to_x", "llm_x_to_en", "text_head_en_to_x", "text_head_x_to_en", "n", "chance"}}},
      "bridge": "qformer" | "moe" | "mlp",
+     "spread": eval.spread's, "alignment": eval.alignment's summary, "fertility": {"llm", "bridge"} tables,
      "timings": {stage: seconds}}
 Retrieval may also hold "ranked_by" and, after ITM re-ranking, "itm_i2t_r{k}", "itm_t2i_r{k}", "itm_rerank_k".
 """
@@ -22,6 +24,8 @@ from pathlib import Path
 from matplotlib.figure import (
     Figure,  # the OO API renders with Agg and touches no global backend
 )
+
+from data_prep.fertility import markdown as fertility_markdown
 
 SMOOTHING = 0.6  # EMA weight, TensorBoard's default: enough to read a trend, raw points stay visible
 _UNSMOOTHED = frozenset({"lr"})  # a schedule is exact; smoothing would only make it lag
@@ -79,6 +83,87 @@ def _scores_table(languages: list[str], per_language: dict, means: dict | None =
         cells = _scores_row("**mean**", means, recall_cols, has)
         rows.append("| " + " | ".join(cells) + " |")
     return rows
+
+
+def _named(name: str, value: float) -> str:
+    return f"{_cell(name)} {value:.1f}"
+
+
+def _ratio(value: float | None) -> str:
+    return _MISSING if value is None else f"{value:.2f}"
+
+
+def _spread_table(spread: dict) -> list[str]:
+    """Per metric: best and worst language, worst/best, and the same over scripts (a script: its languages' mean)."""
+    if not spread.get("metrics"):
+        return []
+    rows = ["| metric | best | worst | worst/best | best script | worst script | worst/best (scripts) |",
+            "|---|---|---|---|---|---|---|"]
+    for row in spread["metrics"].values():
+        langs, scripts = row["languages"], row.get("scripts")
+        cells = [_cell(row["label"]), _named(langs["best"], langs["best_value"]),
+                 _named(langs["worst"], langs["worst_value"]), _ratio(langs["worst_over_best"])]
+        cells += ([_named(scripts["best"], scripts["best_value"]), _named(scripts["worst"], scripts["worst_value"]),
+                   _ratio(scripts["worst_over_best"])] if scripts else [_MISSING] * 3)
+        rows.append("| " + " | ".join(cells) + " |")
+    by_script: dict[str, list[str]] = {}
+    for lang, script in spread["scripts"].items():
+        by_script.setdefault(script, []).append(lang)
+    rows += ["", "Scripts: " + "; ".join(f"{script}: {', '.join(langs)}" for script, langs in by_script.items())]
+    return rows
+
+
+def _fidelity_line(languages: list[str], per_language: dict) -> list[str]:
+    """Caption language fidelity of every language, lowest first: the language a model most often answers in
+    the wrong language comes first."""
+    values = {lang: per_language[lang]["captioning"]["fidelity"] for lang in languages
+              if "fidelity" in per_language.get(lang, {}).get("captioning", {})}
+    if not values:
+        return []
+    return ["Caption language fidelity per language, lowest first: " +
+            ", ".join(_named(lang, values[lang]) for lang in sorted(values, key=values.get))]
+
+
+# (header, section, key) of the downstream scores shown beside the alignment.
+_BESIDE_ALIGNMENT = (("i2t R@1", "retrieval", "i2t_r1"), ("t2i R@1", "retrieval", "t2i_r1"),
+                     ("CIDEr", "captioning", "cider"), ("fidelity", "captioning", "fidelity"),
+                     ("VQA acc", "vqa", "overall"))
+
+
+def _alignment_section(languages: list[str], per_language: dict, alignment: dict) -> list[str]:
+    if "skipped" in alignment:
+        return [f"Skipped: {alignment['skipped']}."]
+    lines = [f"Share (%) of parallel caption pairs whose {alignment['reference']} caption's embedding is nearest to "
+             "its own translation among the language's n pairs (en→x), and back (x→en); chance is 100/n. LLM: the "
+             f"mean hidden state of layer {alignment['layer']} of {alignment['depth']}; text head: the "
+             f"{alignment['text_head']} text embedding retrieval ranks with. {alignment['reference']} is the "
+             "reference (—).", ""]
+    beside = [(h, s, k) for h, s, k in _BESIDE_ALIGNMENT if any(k in per_language.get(lang, {}).get(s, {})
+                                                                for lang in languages)]
+    header = ["lang", "LLM en→x", "LLM x→en", "text head en→x", "text head x→en", "n (chance)"]
+    header += [h for h, _, _ in beside]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for lang in languages:
+        scores = per_language.get(lang, {})
+        a = scores.get("alignment", {})
+        cells = [_fmt(a.get(key)) for key in ("llm_en_to_x", "llm_x_to_en", "text_head_en_to_x", "text_head_x_to_en")]
+        cells.append(f"{a['n']} ({a['chance']:.1f})" if a else _MISSING)
+        cells += [_fmt(scores.get(section, {}).get(key)) for _, section, key in beside]
+        lines.append("| " + " | ".join([lang] + cells) + " |")
+    if skipped := alignment.get("skipped_languages"):
+        lines += ["", "Not scored: " + "; ".join(f"{lang} ({why})" for lang, why in skipped.items())]
+    return lines
+
+
+def _fertility_section(tables: dict) -> list[str]:
+    lines = fertility_markdown(tables["llm"], f"LLM tokenizer `{tables['llm']['tokenizer']}`") + [""]
+    if "bridge" in tables:
+        if tables["bridge"] == tables["llm"]:
+            lines += ["The Q-Former's text branch shares the LLM's tokenizer.", ""]
+        else:
+            lines += fertility_markdown(tables["bridge"], f"Q-Former text tokenizer `{tables['bridge']['tokenizer']}`")
+            lines.append("")
+    return lines
 
 
 def _vqa_type_table(languages: list[str], per_language: dict) -> list[str]:
@@ -315,6 +400,17 @@ def write_report(results: dict, out_dir: Path, metrics_path: Path | None = None)
     ]
     if _plot_per_language(languages, per_language, out_dir / "per_language.png"):
         lines += ["![scores per language](per_language.png)", ""]
+    if spread_rows := _spread_table(results.get("spread", {})):
+        lines += ["## Spread across languages and scripts", "",
+                  "Best and worst language per metric and worst/best; per script, the mean of its languages.", "",
+                  *spread_rows, ""]
+    if fidelity := _fidelity_line(languages, per_language):
+        lines += [*fidelity, ""]
+    if alignment := results.get("alignment"):
+        lines += ["## Cross-lingual alignment (MEXA-style)", "",
+                  *_alignment_section(languages, per_language, alignment), ""]
+    if tables := results.get("fertility"):
+        lines += ["## Tokenizer fertility on the suite's captions", "", *_fertility_section(tables)]
     if type_rows := _vqa_type_table(languages, per_language):
         lines += ["### VQA by question type", "", *type_rows, ""]
     if itm_rows := _itm_table(languages, per_language):
@@ -345,7 +441,9 @@ def write_report(results: dict, out_dir: Path, metrics_path: Path | None = None)
     if timings := results.get("timings"):
         lines += ["## Timings", "", "| stage | seconds |", "|---|---|"]
         lines += [f"| {_cell(stage)} | {seconds:.1f} |" for stage, seconds in timings.items()]
-        lines += [f"| **total** | {sum(timings.values()):.1f} |", ""]
+        if "total" not in timings:  # the demo records its own
+            lines.append(f"| **total** | {sum(timings.values()):.1f} |")
+        lines.append("")
 
     report = out_dir / "report.md"
     report.write_text("\n".join(lines), encoding="utf-8")

@@ -5,6 +5,10 @@ renders and `results.json` holds.
 The frozen encoder runs once per image: its tokens serve the retrieval features and every caption and
 question asked of that image. Under torchrun each rank decodes, encodes and generates for every
 world_size-th image (and text), the parts are gathered to rank 0 once, and rank 0 scores them.
+
+Beside the scores, rank 0 adds the per-language picture: the spread of every metric over languages and scripts
+(eval.spread), the MEXA-style cross-lingual alignment of parallel captions (eval.alignment) and the tokenizers'
+fertility on the suite's captions (data_prep.fertility).
 """
 
 from __future__ import annotations
@@ -19,10 +23,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from data_prep import fertility
 from data_prep.images import BadImage, decode_image
 from data_prep.language_id import fidelity_method
+from eval.alignment import evaluate_alignment
 from eval.captioning import caption_scores, language_fidelity, majority_caption
 from eval.retrieval import chance_recall, recall_at_k
+from eval.spread import compute_spread
 from eval.suites import Benchmark, BenchmarkImage
 from eval.vqa import accuracy_by_type, majority_baseline
 from vlm import distributed, precision
@@ -292,7 +299,7 @@ def _score_vqa(bench: Benchmark, merged: _Part, lang: str) -> dict | None:
 def language_means(per_language: dict) -> dict:
     """Per section, the unweighted mean over languages of every numeric metric (how papers average)."""
     means: dict[str, dict[str, float]] = {}
-    for section in ("retrieval", "captioning", "vqa"):
+    for section in ("retrieval", "captioning", "vqa", "alignment"):
         values: dict[str, list[float]] = {}
         for scores in per_language.values():
             for name, value in scores.get(section, {}).items():
@@ -302,6 +309,30 @@ def language_means(per_language: dict) -> dict:
             means[section] = {name: sum(v) / len(v) for name, v in values.items()}
             means[section]["n_languages"] = max(len(v) for v in values.values())
     return means
+
+
+def tokenizer_fertility(model: VisionLLM, bench: Benchmark, parallel: bool) -> dict:
+    """Tokenizer fertility (data_prep.fertility) on the suite's captions per language, English included as the
+    reference: "llm" for the LLM's tokenizer and, for a Q-Former text branch, "bridge" for its own (the same
+    table when it shares the LLM's). Each table names its tokenizer; a language over 3x English is logged.
+    Empty for a suite without captions."""
+    languages = list(dict.fromkeys([*bench.languages, fertility.REFERENCE]))
+    texts = {lang: [c for image in bench.images for c in image.captions.get(lang, [])] for lang in languages}
+    if not any(texts.values()):  # a VQA suite
+        return {}
+    tokenizers = {"llm": model.tokenizer}
+    if model.has_text_branch:
+        tokenizers["bridge"] = model.bridge_tokenizer
+    tables: dict[str, dict] = {}
+    for part, tokenizer in tokenizers.items():
+        if part == "bridge" and tokenizer is model.tokenizer:
+            tables[part] = tables["llm"]
+            continue
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        tables[part] = {"tokenizer": name, **fertility.measure(fertility.counter(tokenizer), texts, parallel)}
+        for line in fertility.warnings(tables[part], f"{part} tokenizer ({name})"):
+            log.warning("eval %s: %s", bench.name, line)
+    return tables
 
 
 def skipped_images(bench: Benchmark, positions: list[int]) -> list[str]:
@@ -316,9 +347,16 @@ def skipped_images(bench: Benchmark, positions: list[int]) -> list[str]:
 def evaluate(model: VisionLLM, bench: Benchmark, cfg: EvalConfig, progress: bool = True) -> dict | None:
     """Score `model` on `bench` per language. Every rank must call it; rank 0 returns the results, the
     others None. The model's train/eval mode is restored afterwards (the trainer calls this mid-run)."""
-    start = time.time()
     was_training = model.training
     model.eval()
+    try:
+        return _evaluate(model, bench, cfg, progress)
+    finally:
+        model.train(was_training)
+
+
+def _evaluate(model: VisionLLM, bench: Benchmark, cfg: EvalConfig, progress: bool) -> dict | None:
+    start = time.time()
     mode = bench.retrieval_captions if cfg.retrieval_captions == "auto" else cfg.retrieval_captions
     world = distributed.world_size()
     rerank = cfg.itm_rerank_k > 0 and model.can_itm_rerank and "retrieval" in bench.tasks
@@ -328,13 +366,18 @@ def evaluate(model: VisionLLM, bench: Benchmark, cfg: EvalConfig, progress: bool
     with precision.autocast(cfg.precision, model.device):
         part, vision_tokens = _run_part(model, bench, cfg, mode, rerank, progress)
     parts = distributed.gather_to_main(part)
-    model.train(was_training)
     if parts is None:
         return None
     merged = _merge(parts)
     row_of = {p: r for r, p in enumerate(merged.positions)}
     image_features = torch.cat(merged.image_features) if merged.image_features else None
     records = [image.record for image in bench.images]
+    parallel = bench.parallel_captions
+    # Text only and seconds long (eval.alignment_pairs per language): rank 0 alone, the other ranks go on.
+    aligning = time.time()
+    with precision.autocast(cfg.precision, model.device):
+        alignment, aligned = evaluate_alignment(model, records, bench.languages, cfg, parallel)
+    aligning = time.time() - aligning
     skipped = skipped_images(bench, merged.skipped)
     if skipped:
         log.warning("eval %s: skipped %d image(s) that do not decode: %s%s", bench.name, len(skipped),
@@ -353,6 +396,8 @@ def evaluate(model: VisionLLM, bench: Benchmark, cfg: EvalConfig, progress: bool
         per_language[lang] = {name: value for name, value in sections.items() if value is not None}
         if lang in merged.routing:
             per_language[lang]["experts"] = (merged.routing[lang] / len(merged.positions)).tolist()
+        if lang in aligned:
+            per_language[lang]["alignment"] = aligned[lang]
     return {
         "suite": bench.name,
         "source": bench.source,
@@ -367,5 +412,8 @@ def evaluate(model: VisionLLM, bench: Benchmark, cfg: EvalConfig, progress: bool
                      "precision": precision.describe(cfg.precision, model.device)},
         "per_language": per_language,
         "mean": language_means(per_language),
-        "timings": {"eval": round(time.time() - start, 1)},
+        "spread": compute_spread(list(bench.languages), per_language),
+        "alignment": alignment,
+        "fertility": tokenizer_fertility(model, bench, parallel),
+        "timings": {"eval": round(time.time() - start - aligning, 1), "alignment": round(aligning, 1)},
     }

@@ -12,6 +12,7 @@ from eval.captioning import bleu, cider_d, language_fidelity, majority_caption, 
 from eval.report import write_report
 from eval.retrieval import chance_recall, recall_at_k
 from eval.runner import language_means
+from eval.spread import compute_spread
 from eval.vqa import (
     accuracy_by_type,
     exact_match,
@@ -428,3 +429,52 @@ def test_write_report_without_metrics_or_sections(tmp_path):
         write_report(results, tmp_path, tmp_path / "missing.jsonl")
     with pytest.raises(ValueError, match="'per_language'"):
         write_report({"languages": []}, tmp_path)
+
+
+def test_report_shows_spread_alignment_and_fertility(tmp_path):
+    results = _fake_results()
+    per_language = results["per_language"]
+    per_language["si"]["alignment"] = {"llm_en_to_x": 62.5, "llm_x_to_en": 50.0, "text_head_en_to_x": 25.0,
+                                       "text_head_x_to_en": 12.5, "n": 8, "chance": 12.5, "layer": 2}
+    per_language["de"]["alignment"] = {"llm_en_to_x": 87.5, "llm_x_to_en": 75.0, "text_head_en_to_x": 50.0,
+                                       "text_head_x_to_en": 37.5, "n": 8, "chance": 12.5, "layer": 2}
+    results["spread"] = compute_spread(results["languages"], per_language)
+    results["alignment"] = {"reference": "en", "layer": 2, "depth": 4, "pairs": 256, "text_head": "itc",
+                            "skipped_languages": {"hi": "1 parallel caption pair(s) with 'en'"}}
+    fertility = {"reference": "en", "parallel": True, "warn_factor": 3.0, "costly": ["si"],
+                 "languages": {"en": {"script": "Latin", "tokens_per_char": 0.25, "tokens_per_word": 1.2,
+                                      "tokens_per_text": 10.0, "vs_reference": 1.0},
+                               "si": {"script": "Sinhala", "tokens_per_char": 1.5, "tokens_per_word": 6.0,
+                                      "tokens_per_text": 40.0, "vs_reference": 4.0}},
+                 "scripts": {"Latin": {"languages": ["en"], "tokens_per_char": 0.25, "max_vs_reference": 1.0},
+                             "Sinhala": {"languages": ["si"], "tokens_per_char": 1.5, "max_vs_reference": 4.0}}}
+    results["fertility"] = {"llm": {"tokenizer": "my/lm", **fertility},
+                            "bridge": {"tokenizer": "my/bert", **fertility, "costly": []}}
+    results["timings"] = {"eval": 40.0, "alignment": 2.0, "total": 50.0}
+    text = write_report(results, tmp_path).read_text(encoding="utf-8")
+
+    # i2t R@1: en 45, de 30 (si has none); CIDEr: en 61.2, si 20.0 -> Latin vs Sinhala too.
+    assert "| i2t R@1 | en 45.0 | de 30.0 | 0.67 | — | — | — |" in text
+    assert "| CIDEr | en 61.2 | si 20.0 | 0.33 | Latin 61.2 | Sinhala 20.0 | 0.33 |" in text
+    assert "| caption language fidelity | en 99.0 | si 90.0 | 0.91 |" in text
+    assert "| alignment LLM en→x | de 87.5 | si 62.5 | 0.71 |" in text
+    assert "Scripts: Latin: en, de; Sinhala: si" in text
+    assert "Caption language fidelity per language, lowest first: si 90.0, en 99.0" in text
+    assert "layer 2 of 4" in text and "the itc text embedding" in text
+    assert ("| lang | LLM en→x | LLM x→en | text head en→x | text head x→en | n (chance) | i2t R@1 | t2i R@1 | "
+            "CIDEr | fidelity | VQA acc |") in text
+    assert "| en | — | — | — | — | — | 45.0 | 40.0 | 61.2 | 99.0 | 55.0 |" in text
+    assert "| si | 62.5 | 50.0 | 25.0 | 12.5 | 8 (12.5) | — | — | 20.0 | 90.0 | — |" in text
+    assert "Not scored: hi (1 parallel caption pair(s) with 'en')" in text
+    assert "Tokenizer fertility, LLM tokenizer `my/lm`:" in text and "Q-Former text tokenizer `my/bert`" in text
+    assert "| si | Sinhala | 1.500 | 6.00 | 40.0 | 4.00 ⚠ |" in text  # over 3x English: flagged
+    assert "| si | Sinhala | 1.500 | 6.00 | 40.0 | 4.00 |" in text  # the bridge's table: not flagged
+    assert "| total | 50.0 |" in text and "**total**" not in text  # a recorded total is not summed again
+
+
+def test_report_says_why_alignment_was_skipped(tmp_path):
+    results = _fake_results()
+    results["alignment"] = {"skipped": "the suite's captions are not translations of each other"}
+    text = write_report(results, tmp_path).read_text(encoding="utf-8")
+    assert "## Cross-lingual alignment (MEXA-style)\n\nSkipped: the suite's captions are not translations" in text
+    assert "## Spread across languages" not in text  # no spread in these results: nothing computed here

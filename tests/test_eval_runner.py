@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from eval.report import write_results
 from eval.runner import decoding_options, evaluate, language_means
 from eval.suites import Benchmark, BenchmarkImage
 from eval.suites.loading import load_suite
@@ -58,6 +59,59 @@ def test_demo_suite_results_shape_means_and_protocol(model_and_cfg):
         assert results["mean"][section][metric] == pytest.approx(sum(values) / 2)
         assert results["mean"][section]["n_languages"] == 2
     json.dumps(results)  # results.json must be writable as is
+
+
+def test_demo_results_and_report_carry_the_per_language_picture(model_and_cfg, tmp_path):
+    """Spread, MEXA-style alignment (English the reference, left out) and tokenizer fertility, in results.json and
+    report.md, on the demo suite whose captions are translations of each other."""
+    model, cfg = model_and_cfg
+    bench = load_suite(cfg.eval, cfg.data)
+    results = evaluate(model, bench, cfg.eval, progress=False)
+    write_results(results, tmp_path)
+    results = json.loads((tmp_path / "results.json").read_text())
+
+    i2t = {lang: results["per_language"][lang]["retrieval"]["i2t_r1"] for lang in ("en", "zh")}
+    row = results["spread"]["metrics"]["retrieval/i2t_r1"]
+    assert row["languages"]["best_value"] == max(i2t.values()) and row["languages"]["worst_value"] == min(i2t.values())
+    assert row["scripts"]["n"] == 2 and {row["scripts"]["best"], row["scripts"]["worst"]} == {"Latin", "Han"}
+    assert "captioning/fidelity" in results["spread"]["metrics"]
+
+    assert results["alignment"]["layer"] == 1 and results["alignment"]["depth"] == 1  # the middle of one layer
+    assert results["alignment"]["text_head"] == "itc" and results["alignment"]["skipped_languages"] == {}
+    assert "alignment" not in results["per_language"]["en"]
+    zh = results["per_language"]["zh"]["alignment"]
+    pairs = {(c["en"][i], c["zh"][i]) for c in (im.captions for im in bench.images) for i in range(len(c["en"]))}
+    assert 2 <= zh["n"] <= len(pairs) and zh["chance"] == pytest.approx(100 / zh["n"]) and zh["layer"] == 1
+    for key in ("llm_en_to_x", "llm_x_to_en", "text_head_en_to_x", "text_head_x_to_en"):
+        assert 0.0 <= zh[key] <= 100.0
+    assert results["mean"]["alignment"]["n_languages"] == 1
+    assert results["timings"]["alignment"] >= 0
+
+    llm = results["fertility"]["llm"]
+    assert llm["parallel"] is True and llm["reference"] == "en" and set(llm["languages"]) == {"en", "zh"}
+    assert llm["languages"]["en"]["vs_reference"] == 1.0 and llm["languages"]["zh"]["script"] == "Han"
+    assert results["fertility"]["bridge"] == llm  # this text branch reads the LLM's tokenizer
+
+    report = (tmp_path / "report.md").read_text(encoding="utf-8")
+    spread = results["spread"]["metrics"]["retrieval/i2t_r1"]["languages"]
+    assert (f"| i2t R@1 | {spread['best']} {spread['best_value']:.1f} | {spread['worst']} {spread['worst_value']:.1f} |"
+            in report)
+    assert "## Cross-lingual alignment (MEXA-style)" in report and "layer 1 of 1" in report
+    assert "| en | — | — | — | — | — |" in report
+    assert f"| zh | {zh['llm_en_to_x']:.1f} | {zh['llm_x_to_en']:.1f} | {zh['text_head_en_to_x']:.1f} | " in report
+    assert "## Tokenizer fertility on the suite's captions" in report and "| zh | Han |" in report
+    assert "shares the LLM's tokenizer" in report
+    assert "Caption language fidelity per language, lowest first: " in report
+
+
+def test_suites_without_translated_captions_skip_alignment(model_and_cfg):
+    model, cfg = model_and_cfg
+    bench = load_suite(cfg.eval, cfg.data)
+    bench.parallel_captions, bench.images = False, bench.images[:4]  # as XM3600 loads
+    results = evaluate(model, bench, cfg.eval, progress=False)
+    assert results["alignment"] == {"skipped": "the suite's captions are not translations of each other"}
+    assert not any("alignment" in scores for scores in results["per_language"].values())
+    assert results["fertility"]["llm"]["parallel"] is False
 
 
 def test_language_means_skip_missing_sections_and_non_numbers():
@@ -141,6 +195,7 @@ def test_trainer_runs_the_benchmark_periodically(tiny_parts, tmp_path):
     rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "benchmark"]
     assert [r["step"] for r in rows] == [2, 3]
     assert {"retrieval_i2t_r1", "captioning_cider", "vqa_overall"} <= set(rows[0])
+    assert "spread_retrieval_i2t_r1" not in rows[0]  # one language: no spread
 
 
 def test_a_missing_benchmark_folder_fails_before_training(tiny_parts, tmp_path, capsys):

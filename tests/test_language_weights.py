@@ -96,27 +96,32 @@ def test_per_language_validation_losses_match_each_language_alone(tiny_parts, tm
     assert _terms(objective, _batch(objective, langs))["lm"].item() == pytest.approx(out["lm"].item(), rel=1e-5)
 
 
-def test_lagging_weights_follow_the_loss_ratio_within_the_clip():
-    weights = lagging_weights({"en": 1.0, "de": 2.0, "zh": 3.0}, boost=1.0, max_weight=1.4)
-    assert weights == {"en": pytest.approx(1 / 1.4), "de": pytest.approx(1.0), "zh": pytest.approx(1.4)}  # 0.5, 1.5: clipped
-    assert lagging_weights({"en": 2.0, "si": 8.0}, boost=0.5, max_weight=4.0) == {
-        "en": pytest.approx((2 / 5) ** 0.5), "si": pytest.approx((8 / 5) ** 0.5)}
-    assert lagging_weights({}, boost=1.0, max_weight=2.0) == {}
+def test_lagging_weights_follow_the_progress_ratio_within_the_clip():
+    start = {"en": 2.0, "de": 1.0, "zh": 0.5}
+    # Progress r = loss / baseline: en 0.5, de 1.0, zh 1.5 (zh fell least): against the mean 1.0, clipped.
+    weights = lagging_weights({"en": 1.0, "de": 1.0, "zh": 0.75}, start, boost=1.0, max_weight=1.4)
+    assert weights == {"en": pytest.approx(1 / 1.4), "de": pytest.approx(1.0), "zh": pytest.approx(1.4)}
+    # The lowest per-token loss can be the language that lags: what counts is how far each fell.
+    weights = lagging_weights({"en": 1.0, "si": 0.4}, {"en": 2.0, "si": 0.5}, boost=0.5, max_weight=4.0)
+    assert weights == {"en": pytest.approx((0.5 / 0.65) ** 0.5), "si": pytest.approx((0.8 / 0.65) ** 0.5)}
+    assert lagging_weights({"en": 1.0, "hi": 1.0}, {"en": 2.0, "hi": 0.0}, 1.0, 2.0) == {"en": 1.0}  # no baseline
+    assert lagging_weights({}, {}, boost=1.0, max_weight=2.0) == {}
     assert language_losses(["en", "de"], torch.tensor([[6.0, 3.0], [0.0, 0.0]], dtype=torch.float64)) == {"en": 2.0}
 
 
 def test_a_lagging_boost_run_logs_and_checkpoints_its_weights(tiny_parts, tmp_path):
     args = ["train.max_steps=4", "train.eval_every=2", "loss.lagging_boost=2.0", "loss.lagging_max_weight=3.0",
-            "loss.language_weights={zh: 2.0}"]
+            "loss.language_weights={zh: 2.0}", "train.lr=1e-2"]
     train(tiny_parts.config(tmp_path / "run", *args))
     evals = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "eval"]
-    assert [r["step"] for r in evals] == [2, 4]
-    last = evals[-1]
+    assert [r["step"] for r in evals] == [0, 2, 4]  # step 0: the baseline, before any training
+    assert all(evals[0][f"lang_weight/{lang}"] == (2.0 if lang == "zh" else 1.0) for lang in ("en", "de", "hi", "zh"))
+    first, last = evals[0], evals[-1]
     losses = {lang: last[f"val_lm/{lang}"] for lang in ("en", "de", "zh", "hi")}
-    expected = lagging_weights(losses, 2.0, 3.0)
+    expected = lagging_weights(losses, {lang: first[f"val_lm/{lang}"] for lang in losses}, 2.0, 3.0)
     for lang in losses:  # zh's static weight multiplies its lagging weight
         assert last[f"lang_weight/{lang}"] == pytest.approx(expected[lang] * (2.0 if lang == "zh" else 1.0))
-    assert len({round(v, 6) for v in expected.values()}) > 1  # the languages' losses differ, so do the weights
+    assert len({round(v, 6) for v in expected.values()}) > 1  # the languages progressed differently
     # The checkpoint keeps them: a fresh objective loaded from it weighs as the run ended.
     cfg = tiny_parts.config(tmp_path / "run", *args)
     fresh = Objective(VisionLLM(cfg).load_weights())
@@ -126,6 +131,8 @@ def test_a_lagging_boost_run_logs_and_checkpoints_its_weights(tiny_parts, tmp_pa
     load_checkpoint(latest_checkpoint(tmp_path / "run"), strategy, build_optimizer(fresh, cfg))
     for lang, weight in fresh.language_weights().items():
         assert weight == pytest.approx(last[f"lang_weight/{lang}"], rel=1e-6), lang
+    baseline = dict(zip(fresh.languages, fresh.lagging_baseline.tolist()))
+    assert baseline == pytest.approx({lang: first[f"val_lm/{lang}"] for lang in baseline}, rel=1e-6)
 
 
 @pytest.mark.parametrize("override, message", [

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from data_prep.synthetic import generate_scenes, render
+from eval.spread import compute_spread
 from vlm.cli import main
 from vlm.data.shards import resolve_shards
 from vlm.data.stream import fixed_batches
@@ -17,6 +18,7 @@ from vlm.data.templates import caption_prompt, vqa_prompt
 from vlm.model.vlm import VisionLLM
 from vlm.objective.objective import Objective
 from vlm.release import from_pretrained
+from vlm.release.card import model_card
 from vlm.train.checkpoint import load_trained_objective
 from vlm.train.trainer import train
 
@@ -217,3 +219,25 @@ def test_delta_release_holds_only_trained_weights_and_loads_the_base_parts(tiny_
     assert main(["eval", str(tmp_path / "delta"), "--out", str(tmp_path / "eval"), "eval.max_images=4",
                  "data.languages=[en]"]) == 0
     assert json.loads((tmp_path / "eval" / "results.json").read_text())["n_images"] == 4
+
+
+def test_model_card_shows_fidelity_alignment_and_the_spread(tiny_parts, tmp_path):
+    """The card renders what results.json holds (the `vlm` package reads it; `eval` computed it)."""
+    per_language = {
+        "en": {"retrieval": {"i2t_r1": 50.0, "t2i_r1": 40.0}, "captioning": {"cider": 60.0, "fidelity": 98.0}},
+        "de": {"retrieval": {"i2t_r1": 45.0, "t2i_r1": 44.0}, "captioning": {"cider": 50.0, "fidelity": 96.0},
+               "alignment": {"llm_en_to_x": 91.0, "n": 256}},
+        "si": {"retrieval": {"i2t_r1": 10.0, "t2i_r1": 8.0}, "captioning": {"cider": 12.0, "fidelity": 41.0},
+               "alignment": {"llm_en_to_x": 23.5, "n": 256}},
+    }
+    results = {"languages": ["en", "de", "si"], "per_language": per_language, "n_images": 300,
+               "spread": compute_spread(["en", "de", "si"], per_language)}
+    card = model_card(tiny_parts.config(tmp_path), results)
+    assert "| lang | i2t R@1 | t2i R@1 | CIDEr | fidelity | VQA acc | VQA majority | alignment en→x |" in card
+    assert "| en | 50.0 | 40.0 | 60.0 | 98.0 | — | — | — |" in card  # English is the alignment's reference
+    assert "| si | 10.0 | 8.0 | 12.0 | 41.0 | — | — | 23.5 |" in card
+    assert "## Spread across languages and scripts" in card
+    assert "| i2t R@1 | en 50.0 | si 10.0 | 0.20 | Sinhala 10.0 |" in card
+    assert "| caption language fidelity | en 98.0 | si 41.0 | 0.42 | Sinhala 41.0 |" in card
+    assert "| alignment LLM en→x | de 91.0 | si 23.5 | 0.26 | Sinhala 23.5 |" in card
+    assert "Spread" not in model_card(tiny_parts.config(tmp_path), {**results, "spread": {}})

@@ -213,7 +213,8 @@ def test_xgqa_test_split_and_filter(make_root) -> None:
     assert bench.images[0].qa == [{"question_id": "20120533", "lang": "zh", "question": "栅栏是铝制的还是混凝土制的？",
                                    "answers": ["aluminum"], "type": "choose"}]
     assert bench.source == "xGQA test: annotations/few_shot/zh/test.json (2 questions on 2 GQA images)"
-    assert "split 'dev'" in error_of(xgqa.load_xgqa, root, ["zh"], split="dev")
+    assert error_of(xgqa.load_xgqa, root, ["zh"], split="train_1") == (
+        "xGQA has no split 'train_1'; available: test dev testdev")
     # Not given: all eight languages, and the fixture lacks German.
     assert error_of(xgqa.load_xgqa, root, split="testdev").startswith(
         f"{root / 'annotations/zero_shot/testdev_balanced_questions_de.json'}: annotation file not found")
@@ -406,3 +407,18 @@ def test_load_suite_passes_split_languages_and_max_images(make_root) -> None:
         load_suite(EvalConfig(suite="xm3600", data_root=str(make_root("xm3600")), split="test"), DataConfig())
     with pytest.raises(BenchmarkDataError, match="needs its data folder"):
         load_suite(EvalConfig(suite="maxm"), DataConfig())
+
+
+@pytest.mark.parametrize(("suite", "split", "message"), [
+    ("multi30k", "test_2019_flickr", "eval.split: suite 'multi30k' has no split 'test_2019_flickr'; choose one of: "
+                                     "test_2016_flickr, test_2017_flickr, test_2018_flickr, test_2017_mscoco, val"),
+    ("xgqa", "train", "eval.split: suite 'xgqa' has no split 'train'; choose one of: test, dev, testdev"),
+    ("coco", "testdev", "eval.split: suite 'coco' has no split 'testdev'; choose one of: test, val, restval, train"),
+    ("maxm", "test", "eval.split: suite 'maxm' has one split; only xgqa, multi30k, coco take eval.split"),
+    ("demo", "val", "eval.split: suite 'demo' has one split; only xgqa, multi30k, coco take eval.split"),
+])
+def test_load_suite_refuses_a_split_the_suite_lacks_before_looking_for_files(suite, split, message, tmp_path) -> None:
+    for data_root in (str(tmp_path / "nowhere"), ""):  # refused before the data root is looked at
+        with pytest.raises(BenchmarkDataError) as caught:
+            load_suite(EvalConfig(suite=suite, data_root=data_root, split=split), DataConfig())
+        assert str(caught.value) == message

@@ -126,8 +126,9 @@ class LossConfig:
     # Per-language weights of each example in every example-level term (lm, contrastive, itc, itm, itg), e.g.
     # {si: 2.0}: a Sinhala caption or answer counts twice in each term's mean. Unnamed languages weigh 1.
     language_weights: dict[str, float] = field(default_factory=dict)
-    # Up-weight the languages whose validation LM loss lags: after each validation, w_L = (loss_L / mean over
-    # languages)^lagging_boost, clipped to [1/lagging_max_weight, lagging_max_weight], times language_weights;
+    # Up-weight the languages whose validation LM loss lags: a validation before the first step is the baseline;
+    # after each later one w_L = (r_L / mean r)^lagging_boost with r_L = loss_L / baseline_L (the languages that
+    # fell least weigh most), clipped to [1/lagging_max_weight, lagging_max_weight], times language_weights;
     # 0: off. Needs data.val and train.eval_every; the weights are logged and kept in checkpoints.
     lagging_boost: float = 0.0
     lagging_max_weight: float = 4.0
@@ -218,7 +219,7 @@ class EvalConfig:
     suite: str = "demo"
     data_root: str = ""
     languages: list[str] = field(default_factory=list)
-    split: str = ""  # "": the suite's reference split (xgqa: test | testdev; coco: test | val | train | restval)
+    split: str = ""  # "": the suite's reference split; eval.suites.loading.SPLITS lists the splits of each suite
     max_images: int = 0  # 0: every image of the suite
     ks: list[int] = field(default_factory=lambda: [1, 5, 10])
     # Decoding, shared by captioning and VQA: greedy (num_beams 1) or beam search, always with the KV cache.
@@ -240,6 +241,10 @@ class EvalConfig:
     # BLIP-2 protocol: re-score each query's top-k ITC candidates with the ITM head (Q-Former with a
     # text branch only); 0 ranks by ITC alone.
     itm_rerank_k: int = 0
+    # MEXA-style cross-lingual alignment (eval/alignment.py) on up to this many parallel caption pairs per
+    # language (0: off), from the LLM's hidden states at alignment_layer (1..depth; -1 the last; 0 the middle).
+    alignment_pairs: int = 256
+    alignment_layer: int = 0
 
 
 @dataclass
@@ -519,6 +524,8 @@ def validate(cfg: Config) -> None:
     _choice(train.strategy, STRATEGIES, "train.strategy")
     _check(all(k >= 1 for k in cfg.eval.ks), "'eval.ks' must be >= 1")
     _check(cfg.eval.itm_rerank_k >= 0, "'eval.itm_rerank_k' must be >= 0")
+    _check(cfg.eval.alignment_pairs == 0 or cfg.eval.alignment_pairs >= 2,
+           "'eval.alignment_pairs' must be 0 (off) or >= 2 (one pair always retrieves itself)")
     _choice(cfg.eval.retrieval_captions, RETRIEVAL_CAPTIONS, "eval.retrieval_captions")
     _choice(cfg.eval.suite, SUITES, "eval.suite")
     _choice(cfg.eval.prompt_language, PROMPT_LANGUAGES, "eval.prompt_language")

@@ -50,3 +50,7 @@ class Benchmark:
     train_records: list[dict] = field(default_factory=list)
     # Images the loader left out (undecodable shard samples: "key in shard (reason)"), named in results.json.
     skipped: list[str] = field(default_factory=list)
+    # Whether an image's captions in different languages translate each other (Multi30K task 1, `vlm prep
+    # translate` output): cross-lingual alignment and parallel tokenizer fertility need it. XM3600's and
+    # xFlickr&CO's captions were written afresh per language.
+    parallel_captions: bool = False

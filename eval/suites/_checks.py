@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,40 @@ def require_file(path: Path) -> Path:
     if not path.is_file():
         raise BenchmarkDataError(f"{path}: annotation file not found")
     return path
+
+
+def coco_folder(name: str) -> str:
+    """The folder of the COCO 2014 release a file name belongs to: COCO_val2014_000000391895.jpg -> val2014."""
+    match = re.match(r"COCO_([a-z]+\d{4})_", name)
+    return match.group(1) if match else ""
+
+
+def place(root: Path, layout: str, name: str) -> Path:
+    """Where `layout`, a path template under root over a file's {name} (and {coco}, its COCO folder), puts it."""
+    return root.joinpath(*layout.format(name=name, coco=coco_folder(name)).split("/"))
+
+
+def find_layout(root: Path, layouts: Sequence[str], names: Sequence[str], what: str) -> str:
+    """The first of `layouts` that holds any of `names`. A benchmark is read in one layout: its archives
+    unpacked as shipped, or the folders its best-known consumers move the files to. When none holds any,
+    one line names each place tried for the first name."""
+    for name in names:
+        for layout in layouts:
+            if place(root, layout, name).is_file():
+                return layout
+    first, *others = (str(place(root, layout, names[0])) for layout in layouts)
+    nor = f" (nor {', '.join(others)})" if others else ""
+    rest = f"; nor any of the other {len(names) - 1} there" if len(names) > 1 else ""
+    raise BenchmarkDataError(f"{first}: {what} not found{nor}{rest}")
+
+
+def locate_images(root: Path, layouts: Sequence[str], names: Sequence[str]) -> list[Path]:
+    """Every image's path in the first layout that holds any of them; the missing ones are left to
+    `check_images` to count and name."""
+    if not names:
+        return []
+    layout = find_layout(root, layouts, names, "image file")
+    return [place(root, layout, name) for name in names]
 
 
 def read_json(path: Path) -> Any:

@@ -56,6 +56,7 @@ def load_shards(val_specs: list[str], languages: list[str] | None = None, train_
         images=images,
         tasks=("retrieval", "captioning", "vqa"),
         retrieval_captions="first",
+        parallel_captions=True,  # translated from English by `vlm prep translate`
         source=f"vlm prep shards: {len(urls)} val shard(s), {len(images)} images, {stats['bad']} undecodable skipped",
         train_records=train_records,
         skipped=stats["skipped"],

@@ -1,11 +1,14 @@
 """xGQA: GQA test-dev questions translated into 7 languages, answered in English.
 
-Questions from https://github.com/adapter-hub/xGQA (data/zero_shot, data/few_shot) or the same files in
-IGLUE (https://github.com/e-bug/iglue, datasets/xGQA/annotations); images from GQA
-(https://cs.stanford.edu/people/dorarad/gqa/download.html, images.zip). Layout under root (IGLUE's):
+Questions from IGLUE (https://github.com/e-bug/iglue, datasets/xGQA/annotations) or from a clone of
+https://github.com/adapter-hub/xGQA (the same files under data/ instead of annotations/); images from GQA
+(https://cs.stanford.edu/people/dorarad/gqa/download.html, images.zip unzips to images/). Layout under root
+(IGLUE's datasets/xGQA, or the adapter-hub clone):
 
     annotations/few_shot/<lang>/test.json                          split="test" (default): IGLUE's test set
-                                                                   (9,666 questions; IGLUE, mBLIP, Centurio)
+                                                                   (9,666 questions on 300 images; IGLUE,
+                                                                   mBLIP, Centurio)
+    annotations/few_shot/<lang>/dev.json                           split="dev": its dev set (1,422 questions)
     annotations/zero_shot/testdev_balanced_questions_<lang>.json   split="testdev": GQA test-dev balanced
     images/<imageId>.jpg
 
@@ -19,13 +22,27 @@ from __future__ import annotations
 from pathlib import Path
 
 from eval.suites import Benchmark, BenchmarkDataError, BenchmarkImage
-from eval.suites._checks import brace, check_images, check_root, field, pick_languages, read_json, text
+from eval.suites._checks import (
+    brace,
+    check_images,
+    check_root,
+    field,
+    find_layout,
+    locate_images,
+    pick_languages,
+    place,
+    read_json,
+    text,
+)
 
 LANGUAGES = ("bn", "de", "en", "id", "ko", "pt", "ru", "zh")
-SPLITS = {
-    "testdev": "annotations/zero_shot/testdev_balanced_questions_{lang}.json",
-    "test": "annotations/few_shot/{lang}/test.json",
+SPLITS = {  # {name}: a language
+    "test": "few_shot/{name}/test.json",
+    "dev": "few_shot/{name}/dev.json",
+    "testdev": "zero_shot/testdev_balanced_questions_{name}.json",
 }
+FOLDERS = ("annotations", "data")  # IGLUE's, adapter-hub/xGQA's
+IMAGE_LAYOUTS = ("images/{name}",)
 
 
 def _question_type(item: dict, where: str) -> str:
@@ -40,9 +57,10 @@ def load_xgqa(root: Path, languages: list[str] | None = None, *, split: str = "t
     if split not in SPLITS:
         raise BenchmarkDataError(f"xGQA has no split {split!r}; available: {' '.join(SPLITS)}")
     langs = pick_languages("xGQA", languages, LANGUAGES)
+    layout = find_layout(root, [f"{folder}/{SPLITS[split]}" for folder in FOLDERS], langs, "annotation file")
     questions: dict[str, list[dict]] = {}
     for lang in langs:
-        path = root / SPLITS[split].format(lang=lang)
+        path = place(root, layout, lang)
         data = read_json(path)
         if not isinstance(data, dict) or not data:
             raise BenchmarkDataError(f"{path}: expected a non-empty JSON object of question id -> question")
@@ -56,15 +74,15 @@ def load_xgqa(root: Path, languages: list[str] | None = None, *, split: str = "t
                 "answers": [text(item, "answer", where)],
                 "type": _question_type(item, where),
             })
-    images = [BenchmarkImage(key, root / "images" / f"{key}.jpg", qa=questions[key]) for key in sorted(questions)]
-    check_images(image.image for image in images)
-    n_questions = sum(len(image.qa) for image in images)
+    keys = sorted(questions)
+    paths = locate_images(root, IMAGE_LAYOUTS, [f"{key}.jpg" for key in keys])
+    check_images(paths)
+    n_questions = sum(len(qa) for qa in questions.values())
     return Benchmark(
         name="xgqa",
         languages=langs,
-        images=images,
+        images=[BenchmarkImage(key, path, qa=questions[key]) for key, path in zip(keys, paths, strict=True)],
         tasks=("vqa",),
         answer_language="en",
-        source=f"xGQA {split}: {SPLITS[split].format(lang=brace(langs))} "
-               f"({n_questions} questions on {len(images)} GQA images)",
+        source=f"xGQA {split}: {layout.format(name=brace(langs))} ({n_questions} questions on {len(keys)} GQA images)",
     )

@@ -8,11 +8,12 @@ from vlm.config import load_config
 
 
 def run(args) -> int:
+    from eval.alignment import check_layer
     from eval.report import write_results
     from eval.runner import evaluate
     from eval.suites.loading import load_suite
     from vlm import distributed
-    from vlm.cli.models import load_model, model_config_path
+    from vlm.cli.models import load_model, model_config_path, saved_config
 
     model_path = Path(args.model)
     if not model_path.exists():
@@ -22,6 +23,7 @@ def run(args) -> int:
     flags += [f"eval.languages=[{args.langs}]"] if args.langs else []
     cfg = load_config(model_config_path(model_path), list(args.overrides) + flags)
     bench = load_suite(cfg.eval, cfg.data)  # the benchmark's files are checked before the model is built
+    check_layer(cfg.eval, saved_config(model_path).llm)  # a release's LM lies inside it
 
     device = distributed.init_distributed()
     model = load_model(model_path, cfg).to(device)

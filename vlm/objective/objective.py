@@ -45,12 +45,14 @@ class Objective(nn.Module):
             if model.has_text_branch:
                 self.itc_loss = ItcLoss(loss.init_temperature, loss.max_logit_scale, loss.itc_label_smoothing)
             # Per-language weights of the examples: loss.language_weights, times the lagging languages' weights
-            # that the trainer sets after each validation (a buffer, so that checkpoints keep them).
+            # that the trainer sets after each validation from the losses of the one before the first step
+            # (buffers, so that checkpoints keep both; a baseline of 0: not measured).
             self.languages = list(model.cfg.data.languages)
             self.register_buffer("static_language_weights", torch.tensor(
                 [loss.language_weights.get(lang, 1.0) for lang in self.languages]), persistent=False)
             if loss.lagging_boost > 0:
                 self.register_buffer("lagging_weights", torch.ones(len(self.languages)))
+                self.register_buffer("lagging_baseline", torch.zeros(len(self.languages)))
         self.weighs_languages = bool(loss.language_weights) or loss.lagging_boost > 0
         if self.weighs_languages and "lm" in self.weights and not model.llm.computes_labelled_logits:
             raise ConfigError("'loss.language_weights' and 'loss.lagging_boost' weigh the LM loss per token: they "

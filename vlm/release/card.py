@@ -54,11 +54,31 @@ def model_card(cfg: Config, results: dict | None, delta: bool = False, merge_lor
                      "merged)." if delta else ""), ""]
     if results:
         lines += ["## Scores per language", "",
-                  "| lang | i2t R@1 | t2i R@1 | CIDEr | VQA acc | VQA majority |", "|---|---|---|---|---|---|"]
+                  "| lang | i2t R@1 | t2i R@1 | CIDEr | fidelity | VQA acc | VQA majority | alignment en→x |",
+                  "|---|---|---|---|---|---|---|---|"]
         for lang in results.get("languages", []):
             row = results["per_language"].get(lang, {})
             ret, cap, vqa = row.get("retrieval", {}), row.get("captioning", {}), row.get("vqa", {})
-            cells = [ret.get("i2t_r1"), ret.get("t2i_r1"), cap.get("cider"), vqa.get("overall"), vqa.get("majority_overall")]
+            cells = [ret.get("i2t_r1"), ret.get("t2i_r1"), cap.get("cider"), cap.get("fidelity"), vqa.get("overall"),
+                     vqa.get("majority_overall"), row.get("alignment", {}).get("llm_en_to_x")]
             lines.append(f"| {lang} | " + " | ".join("—" if c is None else f"{c:.1f}" for c in cells) + " |")
-        lines += ["", f"Evaluated on {results.get('n_images', '?')} held-out images."]
+        lines += ["", f"Evaluated on {results.get('n_images', '?')} held-out images. Fidelity: % of captions in the "
+                      "requested language. Alignment: % of English captions whose LLM embedding is nearest to their "
+                      "own translation (MEXA-style; chance 100/n)."]
+        lines += _spread(results.get("spread", {}))
     return "\n".join(lines) + "\n"
+
+
+def _spread(spread: dict) -> list[str]:
+    """The eval's spread (results["spread"]): per metric the best and worst language, worst/best, the worst script."""
+    if not spread.get("metrics"):
+        return []
+    lines = ["", "## Spread across languages and scripts", "",
+             "| metric | best | worst | worst/best | worst script (mean of its languages) |", "|---|---|---|---|---|"]
+    for row in spread["metrics"].values():
+        langs, scripts = row["languages"], row.get("scripts")
+        ratio = "—" if langs["worst_over_best"] is None else f"{langs['worst_over_best']:.2f}"
+        worst_script = f"{scripts['worst']} {scripts['worst_value']:.1f}" if scripts else "—"
+        lines.append(f"| {row['label']} | {langs['best']} {langs['best_value']:.1f} | {langs['worst']} "
+                     f"{langs['worst_value']:.1f} | {ratio} | {worst_script} |")
+    return lines

@@ -168,7 +168,8 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Mean validation terms (val_<term>), the LM loss per language (val_lm/<lang>, when the LM computes
-        labelled logits) and, with loss.lagging_boost, the language weights this validation sets (lang_weight/<lang>)."""
+        labelled logits) and, with loss.lagging_boost, the language weights this validation sets (lang_weight/<lang>;
+        the first validation of a run sets the baseline they follow instead)."""
         self.module.eval()
         by_language = "lm" in self.objective.weights and self.model.llm.computes_labelled_logits
         sums: dict[str, float] = {}
@@ -194,12 +195,18 @@ class Trainer:
         return row
 
     def _follow_lagging(self, per_language: dict[str, float]) -> None:
-        """Set the lagging languages' weights from this validation's losses (the same on every rank: the sums
-        were all-reduced)."""
-        loss = self.cfg.loss
-        weights = lagging_weights(per_language, loss.lagging_boost, loss.lagging_max_weight)
-        table = torch.tensor([weights.get(lang, 1.0) for lang in self.objective.languages])
-        self.objective.lagging_weights.copy_(table.to(self.objective.lagging_weights.device))
+        """Record the baseline losses (the first validation), or set the lagging languages' weights from this
+        validation's progress against it (the same on every rank: the sums were all-reduced)."""
+        objective, loss = self.objective, self.cfg.loss
+        languages = objective.languages
+        if not bool(objective.lagging_baseline.any()):
+            baseline = torch.tensor([per_language.get(lang, 0.0) for lang in languages])
+            objective.lagging_baseline.copy_(baseline.to(objective.lagging_baseline.device))
+            return
+        baseline = dict(zip(languages, objective.lagging_baseline.tolist()))
+        weights = lagging_weights(per_language, baseline, loss.lagging_boost, loss.lagging_max_weight)
+        table = torch.tensor([weights.get(lang, 1.0) for lang in languages])
+        objective.lagging_weights.copy_(table.to(objective.lagging_weights.device))
 
     def run_benchmark(self) -> None:
         """The benchmark callback on the current weights, every rank on its share; rank 0 logs the means."""
@@ -239,6 +246,8 @@ class Trainer:
     def _loop(self, stop: StopRequest) -> str | None:
         """Steps until max_steps, max_minutes or a stop signal; returns the signal's name if one ended it."""
         cfg = self.cfg.train
+        if self.cfg.loss.lagging_boost > 0 and self.val_batches and not bool(self.objective.lagging_baseline.any()):
+            self.metrics.log("eval", self.step, self.validate())  # the baseline the lagging languages' weights follow
         self.module.train()
         self.started = start = time.time()
         window: dict[str, float] = {}
