@@ -31,6 +31,8 @@ from vlm.data.records import read_samples
 from vlm.data.shards import resolve_shards
 from vlm.parts import train_tokenizer
 
+from test_translate_job import Counting  # the translator that counts what it is sent
+
 ROOT = Path(__file__).resolve().parent.parent
 VLM = str(ROOT / ".venv" / "bin" / "vlm")
 PHRASES = PhraseTableTranslator()
@@ -56,16 +58,6 @@ def _records(folder: Path, split: str = "train") -> dict[str, dict]:
 
 def _manifest(folder: Path) -> dict:
     return json.loads((folder / "manifest.json").read_text())
-
-
-class Counting(PhraseTableTranslator):
-    def __init__(self) -> None:
-        super().__init__()
-        self.texts: Counter = Counter()
-
-    def translate(self, texts, src, tgt):
-        self.texts[tgt] += len(texts)
-        return super().translate(texts, src, tgt)
 
 
 # --- identification ----------------------------------------------------------------------------------------------
