@@ -243,27 +243,34 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _series(records: list[dict]) -> tuple[dict, dict]:
-    """{term: (steps, values)} for train lines, and for eval "val_<term>" keys under <term>."""
+# Eval keys "<prefix><lang>" drawn as one panel with a line per language.
+_PER_LANGUAGE_PANELS = {"val_lm/": "validation LM loss per language", "lang_weight/": "language weights (lagging)"}
+
+
+def _series(records: list[dict]) -> tuple[dict, dict, dict]:
+    """{term: (steps, values)} for train lines, for eval "val_<term>" keys under <term>, and {panel: {lang: (steps,
+    values)}} for the per-language eval keys (_PER_LANGUAGE_PANELS)."""
     train: dict[str, tuple[list, list]] = {}
     evals: dict[str, tuple[list, list]] = {}
+    per_language: dict[str, dict[str, tuple[list, list]]] = {}
     for r in records:
         if r.get("kind") == "train":
             # Per-language/task shares and per-reason skip counts ("lang/de", "bad/tar_error") stay in
             # metrics.jsonl and TensorBoard: one panel each would bury the loss curves.
-            terms = {k: v for k, v in r.items() if k not in _BOOKKEEPING and "/" not in k}
-            target = train
+            items = [(train, k, v) for k, v in r.items() if k not in _BOOKKEEPING and "/" not in k]
         elif r.get("kind") == "eval":
-            terms = {k.removeprefix("val_"): v for k, v in r.items() if k.startswith("val_")}
-            target = evals
+            items = [(evals, k.removeprefix("val_"), v) for k, v in r.items()
+                     if k.startswith("val_") and "/" not in k]
+            items += [(per_language.setdefault(panel, {}), k.removeprefix(prefix), v) for k, v in r.items()
+                      for prefix, panel in _PER_LANGUAGE_PANELS.items() if k.startswith(prefix)]
         else:
             continue
-        for term, value in terms.items():
+        for target, term, value in items:
             if _is_number(value):
                 steps, values = target.setdefault(term, ([], []))
                 steps.append(r["step"])
                 values.append(value)
-    return train, evals
+    return train, evals, per_language
 
 
 def _ema(values: list[float]) -> list[float]:
@@ -274,12 +281,19 @@ def _ema(values: list[float]) -> list[float]:
     return smoothed
 
 
-def _plot_losses(train: dict, evals: dict, path: Path) -> None:
+def _plot_losses(train: dict, evals: dict, per_language: dict, path: Path) -> None:
     terms = list(train) + [t for t in evals if t not in train]
-    ncols = min(3, len(terms))
-    nrows = math.ceil(len(terms) / ncols)
+    panels = len(terms) + len(per_language)
+    ncols = min(3, panels)
+    nrows = math.ceil(panels / ncols)
     fig = Figure(figsize=(4.5 * ncols, 3.2 * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax, (title, lines) in zip(axes[len(terms):], per_language.items()):
+        for lang, (steps, values) in lines.items():
+            ax.plot(steps, values, "o-", markersize=3, label=lang)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.legend(fontsize="x-small", ncols=2)
     for ax, term in zip(axes, terms):
         if term in train:
             steps, values = train[term]
@@ -293,7 +307,7 @@ def _plot_losses(train: dict, evals: dict, path: Path) -> None:
         ax.set_title(term)
         ax.set_xlabel("step")
         ax.legend(fontsize="small")
-    for ax in axes[len(terms):]:
+    for ax in axes[panels:]:
         ax.set_visible(False)
     fig.savefig(path, dpi=110)
 
@@ -422,10 +436,10 @@ def write_report(results: dict, out_dir: Path, metrics_path: Path | None = None)
 
     if metrics_path is not None:
         records, skipped = _read_metrics(Path(metrics_path))
-        train, evals = _series(records)
+        train, evals, by_language = _series(records)
         lines += ["## Training curves", ""]
         if train or evals:
-            _plot_losses(train, evals, out_dir / "loss_curves.png")
+            _plot_losses(train, evals, by_language, out_dir / "loss_curves.png")
             lines += ["![training curves](loss_curves.png)", ""]
         else:
             lines += [f"No train/eval records in `{metrics_path}`.", ""]

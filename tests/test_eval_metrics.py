@@ -9,7 +9,7 @@ from PIL import Image
 
 from data_prep.language_id import fidelity_method
 from eval.captioning import bleu, cider_d, language_fidelity, majority_caption, tokenize_for_metric
-from eval.report import write_report
+from eval.report import _series, write_report
 from eval.retrieval import chance_recall, recall_at_k
 from eval.runner import language_means
 from eval.spread import compute_spread
@@ -478,3 +478,15 @@ def test_report_says_why_alignment_was_skipped(tmp_path):
     text = write_report(results, tmp_path).read_text(encoding="utf-8")
     assert "## Cross-lingual alignment (MEXA-style)\n\nSkipped: the suite's captions are not translations" in text
     assert "## Spread across languages" not in text  # no spread in these results: nothing computed here
+
+
+def test_per_language_validation_curves_share_one_panel_each():
+    records = [{"kind": "train", "step": 10, "loss": 2.0, "lang/de": 0.5},
+               {"kind": "eval", "step": 0, "val_lm": 1.5, "val_lm/en": 1.0, "val_lm/de": 2.0, "lang_weight/en": 1.0,
+                "lang_weight/de": 1.0},
+               {"kind": "eval", "step": 10, "val_lm": 1.2, "val_lm/en": 0.9, "val_lm/de": 1.5, "lang_weight/en": 0.8,
+                "lang_weight/de": 1.3}]
+    train, evals, by_language = _series(records)
+    assert list(train) == ["loss"] and list(evals) == ["lm"]  # no panel of its own per language
+    assert by_language["validation LM loss per language"] == {"en": ([0, 10], [1.0, 0.9]), "de": ([0, 10], [2.0, 1.5])}
+    assert by_language["language weights (lagging)"]["de"] == ([0, 10], [1.0, 1.3])
