@@ -101,7 +101,8 @@ def overrides(parts: dict[str, Path], data: Path, out: Path, steps: int, save_ev
         "bridge.cross_attention_freq=2", "bridge.itc_dim=16", "bridge.max_text_length=24", "bridge.expert_hidden=32",
         "llm.lora_r=4", "llm.max_length=48", "loss.contrastive_dim=16",
         f"train.output_dir={out}", "train.batch_size=8", f"train.max_steps={steps}", "train.warmup_steps=10",
-        "train.log_every=10", "train.eval_every=0", "train.benchmark_every=0", f"train.save_every={save_every}",
+        "train.log_every=10", "train.eval_every=0", "loss.lagging_boost=0", "train.benchmark_every=0",
+        f"train.save_every={save_every}",
         "train.progress=false", "train.tensorboard=false",
     ]
 

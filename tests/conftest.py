@@ -48,7 +48,8 @@ class TinyParts:
             "bridge.expert_hidden=32",
             "llm.lora_r=4", "llm.max_length=48", "loss.contrastive_dim=16",
             f"train.output_dir={output_dir}", "train.batch_size=8", "train.max_steps=4", "train.warmup_steps=1",
-            "train.log_every=1", "train.eval_every=0", "train.progress=false", "train.tensorboard=false",
+            "train.log_every=1", "train.eval_every=0", "loss.lagging_boost=0", "train.progress=false",
+            "train.tensorboard=false",
             "eval.max_new_tokens=6", "eval.batch_size=16", "eval.max_images=12",
         ]
 

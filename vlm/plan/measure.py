@@ -81,8 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    overrides = [*args.overrides, f"train.max_steps={args.steps}", "train.eval_every=0", "train.benchmark_every=0",
-                 "train.save_every=0", "train.progress=false", "train.tensorboard=false", "data.val=[]"]
+    overrides = [*args.overrides, f"train.max_steps={args.steps}", "train.eval_every=0", "loss.lagging_boost=0",
+                 "train.benchmark_every=0", "train.save_every=0", "train.progress=false", "train.tensorboard=false",
+                 "data.val=[]"]
     measured = _measure_here(load_config(args.config, overrides), args.steps)
     print(MARKER + json.dumps(measured.__dict__), flush=True)
     return 0
