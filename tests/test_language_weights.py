@@ -61,7 +61,7 @@ def test_equal_weights_change_nothing_and_a_heavy_language_dominates(tiny_parts,
         assert abs(weighted[name].item() - reference[name].item()) > 1e-3, name  # it did move
 
 
-def test_weighted_lm_loss_gradient_is_the_weighted_mean_of_token_gradients(tiny_parts, tmp_path):
+def test_weighted_lm_loss_gradient_is_the_weighted_mean_of_token_gradients():
     """The chunked labelled-logits path with row weights against plain autograd on the same logits."""
     from vlm.model.lm_loss import linear_cross_entropy
 

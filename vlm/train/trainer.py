@@ -173,11 +173,11 @@ class Trainer:
         self.module.eval()
         by_language = "lm" in self.objective.weights and self.model.llm.computes_labelled_logits
         sums: dict[str, float] = {}
-        languages = torch.zeros(len(self.objective.languages), 2, dtype=torch.float64)
+        language_sums = torch.zeros(len(self.objective.languages), 2, dtype=torch.float64)  # token losses, counts
         for inputs in self.val_batches:
             out = self.strategy.forward(inputs, by_language=by_language)
             if by_language:
-                languages += out.pop("lm_by_language").cpu()
+                language_sums += out.pop("lm_by_language").cpu()
             for name, value in out.items():
                 sums[name] = sums.get(name, 0.0) + float(value)
         self.module.train()
@@ -187,7 +187,7 @@ class Trainer:
         count = max(float(totals[-1]), 1.0)
         row = {f"val_{n}": float(totals[i]) / count for i, n in enumerate(names)}
         if by_language:
-            per_language = language_losses(self.objective.languages, distributed.all_reduce_sum(languages))
+            per_language = language_losses(self.objective.languages, distributed.all_reduce_sum(language_sums))
             row.update({f"val_lm/{lang}": loss for lang, loss in per_language.items()})
             if self.cfg.loss.lagging_boost > 0:
                 self._follow_lagging(per_language)
